@@ -1,0 +1,23 @@
+"""The project's Definitions: assets, checks, jobs, schedules, sensors and resources."""
+
+
+import dagster as dg
+
+from resources import DaskResource, LandingZone, OfflineStore
+
+from . import ingestion
+from .automation import daily_job, daily_schedule, dimensions_job, landing_sensor, late_data_sensor
+
+defs = dg.Definitions(
+    assets=[ingestion.raw_events, ingestion.users, ingestion.products],
+    jobs=[daily_job, dimensions_job],
+    schedules=[daily_schedule],
+    sensors=[landing_sensor, late_data_sensor],
+    resources={
+        "dask": DaskResource(scheduler_address=dg.EnvVar("DASK_SCHEDULER_ADDRESS").get_value() or None),
+        "landing": LandingZone(),
+        "store": OfflineStore(),
+    },
+    # Heavy work runs on Dask; steps in one process share one cluster instead of each starting one.
+    executor=dg.in_process_executor,
+)

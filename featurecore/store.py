@@ -1,0 +1,102 @@
+"""Offline store: partitioned Parquet, ``<store>/<asset>/date=<YYYY-MM-DD>/part-*.parquet``.
+
+Writes replace a whole partition atomically (write to a sibling temp folder, then
+swap), so re-running a day never appends twice. Reads return pandas for one day or
+a lazy Dask dataframe over any range; both only touch the folders asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .timeutil import day_key, day_range
+
+
+def partition_dir(store_root: str | os.PathLike, asset: str, day: str) -> Path:
+    """Folder of one day partition of an asset."""
+    return Path(store_root) / asset / f"date={day_key(day)}"
+
+
+def write_partition(
+    df: pd.DataFrame,
+    store_root: str | os.PathLike,
+    asset: str,
+    day: str,
+    *,
+    schema: pa.Schema | None = None,
+) -> dict:
+    """Replace partition `day` of `asset` with `df`; returns rows, bytes and path."""
+    target = partition_dir(store_root, asset, day)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    out = tmp / "part-0.parquet"
+    pq.write_table(table, out, compression="zstd")
+    old = None
+    if target.exists():
+        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return {"rows": len(df), "bytes": (target / "part-0.parquet").stat().st_size, "path": str(target)}
+
+
+def partition_exists(store_root: str | os.PathLike, asset: str, day: str) -> bool:
+    """True when the partition folder has been written."""
+    return partition_dir(store_root, asset, day).is_dir()
+
+
+def read_partition(
+    store_root: str | os.PathLike, asset: str, day: str, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Read one day partition into pandas (raises FileNotFoundError naming the folder)."""
+    path = partition_dir(store_root, asset, day)
+    if not path.is_dir():
+        raise FileNotFoundError(f"partition {asset}/date={day_key(day)} not found under {store_root}")
+    files = sorted(path.glob("*.parquet"))
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    if not tables:
+        return pd.DataFrame(columns=columns or [])
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def existing_days(store_root: str | os.PathLike, asset: str, days: Iterable[str]) -> list[str]:
+    """The subset of `days` whose partition folder exists."""
+    return [d for d in days if partition_exists(store_root, asset, d)]
+
+
+def read_range(
+    store_root: str | os.PathLike,
+    asset: str,
+    start: str,
+    end: str,
+    columns: list[str] | None = None,
+    *,
+    with_date: bool = False,
+):
+    """Lazy Dask dataframe over partitions start..end (inclusive) that exist."""
+    import dask.dataframe as dd
+    from dask import delayed
+
+    days = existing_days(store_root, asset, day_range(start, end))
+    if not days:
+        raise FileNotFoundError(f"no partitions of {asset} between {start} and {end} under {store_root}")
+
+    def load(day: str) -> pd.DataFrame:
+        df = read_partition(store_root, asset, day, columns)
+        if with_date:
+            df["date"] = day
+        return df
+
+    meta = load(days[0]).iloc[:0]
+    return dd.from_delayed([delayed(load)(d) for d in days], meta=meta, verify_meta=False)
