@@ -138,8 +138,8 @@ def _world(seed: int, n_users: int, n_products: int, start: str) -> tuple[pd.Dat
     n_cat = len(CATEGORIES)
     cat_p = rng.dirichlet(np.full(n_cat, 4.0))
     cat = rng.choice(n_cat, size=n_products, p=cat_p)
-    brand = np.minimum(rng.zipf(1.6, size=n_products) - 1, N_BRANDS - 1)
-    brand = (brand + rng.integers(0, N_BRANDS, size=n_products) * (rng.random(n_products) < 0.6)) % N_BRANDS
+    brand_p = (np.arange(N_BRANDS) + 8.0) ** -1.0  # a few big brands, a long tail
+    brand = rng.choice(N_BRANDS, size=n_products, p=brand_p / brand_p.sum())
     brand_premium = np.exp(rng.normal(0.0, 0.3, size=N_BRANDS))
     cat_median = np.array([m for _, m in CATEGORIES])
     price = cat_median[cat] * brand_premium[brand] * np.exp(rng.normal(0.0, 0.45, size=n_products))
@@ -261,7 +261,7 @@ def generate_day_events(cfg: DemoConfig, users_df: pd.DataFrame, products_df: pd
 
     # Session count from the day's target volume; expected events per session is fixed
     # by the segment mix, so the realised count tracks events_per_day closely.
-    mean_len = float(np.sum(act * (SEG_VIEWS[seg] + 0.5)) / max(np.sum(act), 1e-12))
+    mean_len = float(np.sum(act * (SEG_VIEWS[seg] + 0.35)) / max(np.sum(act), 1e-12))
     volume = cfg.events_per_day * WEEKDAY_VOLUME[d.weekday()] * np.exp(rng.normal(0.0, 0.02))
     n_sess = int(round(volume / mean_len)) if act.sum() > 0 else 0
     if n_sess == 0 or n_p == 0:
@@ -394,7 +394,7 @@ def _late_mask(cfg: DemoConfig, events: pd.DataFrame, day: str) -> np.ndarray:
         return mask
     rng = _rng(cfg.seed, _TAG_LATE, date.fromisoformat(day).toordinal())
     frac_of_day = (events["ts"] - pd.Timestamp(day, tz="UTC")).dt.total_seconds().to_numpy() / 86400.0
-    w = np.exp(3.0 * frac_of_day)
+    w = np.exp(6.0 * frac_of_day)
     # Efraimidis-Spirakis: top-k of u^(1/w) is a weighted sample without replacement.
     keys = np.log(rng.random(n)) / w
     mask[np.argpartition(-keys, k - 1)[:k]] = True
