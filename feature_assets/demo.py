@@ -7,6 +7,7 @@ afterwards. One LocalCluster serves every run of the demo.
 import argparse
 import os
 import time
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,10 @@ import pandas as pd
 from featurecore import demo_data
 from featurecore.config import load_source_config
 from featurecore.timeutil import shift_day
+
+# Preview APIs (partitioned checks, backfill policies) warn on every use; the demo output is for people.
+warnings.filterwarnings("ignore", module="dagster")
+warnings.filterwarnings("ignore", category=UserWarning)
 
 
 def run_demo(days: int, users: int, events_per_day: int, regenerate: bool) -> dict:
@@ -38,9 +43,9 @@ def run_demo(days: int, users: int, events_per_day: int, regenerate: bool) -> di
         os.environ["DASK_SCHEDULER_ADDRESS"] = cluster.scheduler_address
         t1 = time.perf_counter()
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        dims = defs.get_job_def("dimensions").execute_in_process(instance=instance, run_config=quiet)
+        dims = defs.resolve_job_def("dimensions").execute_in_process(instance=instance, run_config=quiet)
         assert dims.success, "dimensions run failed"
-        daily = defs.get_job_def("daily_features").execute_in_process(
+        daily = defs.resolve_job_def("daily_features").execute_in_process(
             instance=instance,
             run_config=quiet,
             tags={

@@ -243,10 +243,12 @@ def generate_day_events(cfg: DemoConfig, users_df: pd.DataFrame, products_df: pd
     price_today = base_price * (1.0 + rng.normal(0.0, 0.015, n_p))
     discounted = rng.random(n_p) < 0.08
     price_today = np.where(discounted, price_today * rng.uniform(0.7, 0.9, n_p), price_today)
+    # Price sensitivity sees the pre-shift price: the shift is a price-level change (e.g. a
+    # currency mix-up) that must not dampen the day's extra purchases.
+    log_rel_price = np.log(np.maximum(price_today, 0.5) / np.median(base_price))
     if shifted:
         price_today *= 1.8
     price_today = np.round(np.maximum(price_today, 0.5), 2)
-    log_rel_price = np.log(price_today / np.median(base_price))
 
     # Who is around today: new users only after signup (with an eager first weeks),
     # churners fade over ~10 days then stop. Propensity drifts slowly and smoothly.
@@ -460,7 +462,7 @@ def build_users_wide(cfg: DemoConfig) -> pd.DataFrame:
     z = (lat.propensity - lat.propensity.mean()) / lat.propensity.std()
     cols: dict[str, np.ndarray] = {"user_id": users["user_id"].to_numpy(dtype=object)}
     const, cat, miss = set(layout["constant"]), set(layout["categorical"]), set(layout["missing"])
-    strength = (0.6, 0.45, 0.35, 0.5, 0.3)
+    strength = (0.6, 0.45, 0.35, 0.5, 0.4)
     for i in range(m):  # a loop per column is fine; each column is one vectorised draw
         if i in layout["informative"]:
             k = layout["informative"].index(i)
