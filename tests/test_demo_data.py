@@ -80,8 +80,8 @@ def test_deterministic(tmp_path, landing):
     for rel in ("users/users.parquet", "products/products.parquet", "events/2026-09-03/part-0.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / rel), pd.read_parquet(landing / rel))
         assert (tmp_path / rel).read_bytes() == (landing / rel).read_bytes()
-    users, products = build_world(replace(SMALL, seed=12))
-    other = generate_day_events(replace(SMALL, seed=12), users, products, "2026-09-03")
+    users, products = build_world(replace(SMALL, seed=SMALL.seed + 1))
+    other = generate_day_events(replace(SMALL, seed=SMALL.seed + 1), users, products, "2026-09-03")
     assert not other["user_id"].equals(_read_events(landing, "2026-09-03")["user_id"])
 
 
@@ -132,8 +132,12 @@ def test_seasonality_is_mild(events):
     assert hour.loc[2:5].mean() < 0.3 * hour.loc[18:22].mean()
     daily = events.groupby(events["ts"].dt.date).size()
     assert daily.max() / daily.min() < 1.3
-    conv = events.groupby(events["ts"].dt.date)["event_type"].apply(lambda s: (s == "purchase").mean())
-    assert conv.max() / conv.min() < 1.8
+    by_day = events.groupby(events["ts"].dt.date)
+    mobile = by_day["device_type"].apply(lambda s: (s == "mobile").mean())
+    assert mobile.max() - mobile.min() < 0.12
+    # Loose: with a few hundred users, a heavy buyer moves one small day's rate a lot.
+    conv = by_day["event_type"].apply(lambda s: (s == "purchase").mean())
+    assert conv.max() / conv.min() < 2.5
 
 
 def test_past_purchases_predict_future_purchases():
