@@ -70,12 +70,14 @@ def landing_sensor(context: dg.SensorEvaluationContext):
     now = scan_landing(cfg.landing_root, cfg.file_format)
     valid = set(daily_partitions.get_partition_keys(dynamic_partitions_store=None))
     requests = []
+    dims_changed = sorted(k for k in ("users", "products") if k in now and seen.get(k) != now[k])
+    if dims_changed:
+        # one run refreshes both dimension tables
+        requests.append(dg.RunRequest(run_key="dims:" + ":".join(now.get(k, "") for k in ("users", "products")), job_name=dimensions_job.name))
     for key, fp in now.items():
-        if seen.get(key) == fp:
+        if seen.get(key) == fp or key in ("users", "products"):
             continue
-        if key in ("users", "products"):
-            requests.append(dg.RunRequest(run_key=f"{key}:{fp}", job_name=dimensions_job.name))
-        elif key in valid and fp != folder_fingerprint(Path("/nonexistent"), cfg.file_format):
+        if key in valid and fp != folder_fingerprint(Path("/nonexistent"), cfg.file_format):
             requests.append(dg.RunRequest(run_key=f"{key}:{fp}", partition_key=key, job_name=daily_job.name))
         else:
             context.log.info(f"ignoring landing folder {key}: not a partition of {daily_partitions.start.date()}..yesterday or empty")
@@ -95,10 +97,22 @@ def late_data_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventL
     """Turn a raw_events materialization's `routed_to` metadata into runs for the target days."""
     mat = asset_event.asset_materialization
     routed = mat.metadata.get("routed_to") if mat else None
-    targets = sorted({t for per in (routed.value if routed else {}).values() for t in per})
-    if not targets:
-        return dg.SkipReason("no rows routed to other days")
-    return [
-        dg.RunRequest(run_key=f"late:{t}:{asset_event.storage_id}", partition_key=t)
-        for t in targets
-    ]
+    requests = []
+    for arrival, per in sorted((routed.value if routed else {}).items()):
+        for target, info in sorted(per.items()):
+            if _already_includes(context.instance, target, arrival, info["digest"]):
+                continue  # re-running a carrier folder with unchanged late rows asks for nothing
+            requests.append(dg.RunRequest(run_key=f"late:{target}:{arrival}:{info['digest']}", partition_key=target))
+    return requests or dg.SkipReason("no routed rows that their target day does not already include")
+
+
+def _already_includes(instance: dg.DagsterInstance, day: str, arrival: str, digest: str) -> bool:
+    """True when raw_events[day]'s latest materialization already merged `arrival`'s rows with this digest."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_events"), asset_partitions=[day]), limit=1
+    ).records
+    if not records:
+        return False
+    meta = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
+    routed_in = meta.get("routed_in")
+    return bool(routed_in) and routed_in.value.get(day, {}).get(arrival) == digest

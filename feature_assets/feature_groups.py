@@ -127,6 +127,7 @@ def _chunks(days: list[str], group: FeatureGroup) -> list[list[str]]:
             "schema",
             asset=g.name,
             blocking=True,
+            partitions_def=daily_partitions,
             description="Pandera schema generated from the declaration: columns and types, non-null unique keys, counts >= 0, shares and frequencies in [0, 1], recency >= 0.",
         )
         for g in GROUPS

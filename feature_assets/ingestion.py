@@ -1,7 +1,6 @@
 """Ingestion assets: raw_events (daily), users and products (dimension snapshots)."""
 
 
-import json
 import time
 from dataclasses import replace
 
@@ -53,6 +52,7 @@ def ingest_days(days: list[str], cfg: SourceConfig, dask: DaskResource) -> list[
             "bad_row_share",
             asset="raw_events",
             blocking=True,
+            partitions_def=daily_partitions,
             description="Fails the day when the share of quarantined (invalid) rows exceeds the configured threshold, or a landing folder is empty.",
         )
     ],
@@ -103,16 +103,31 @@ def raw_events(context: dg.AssetExecutionContext, dask: DaskResource, landing: L
             "empty_days": ", ".join(empty) or "none",
         },
     )
-    routed = {d: s["routed_to"] for d, s in ((s["day"], s) for s in stats) if s["routed_to"]}
+    in_run = set(context.partition_keys)
+    # Targets inside this run were already redone by ingest_days; only outside ones need the sensor.
+    routed = {
+        s["day"]: {t: {"rows": n, "digest": s["routed_digest"][t]} for t, n in s["routed_to"].items() if t not in in_run}
+        for s in stats
+    }
+    routed = {d: r for d, r in routed.items() if r}
+    if len(stats) > 1:
+        # A range run records the same metadata on every partition; per-day figures go in observations.
+        for s in stats:
+            context.log_event(dg.AssetObservation(
+                asset_key=context.asset_key, partition=s["day"],
+                metadata={"rows": s["rows"], "rows_read": s["rows_read"], "quarantined": s["quarantined"],
+                          "duplicates": s["duplicates"], "bad_share": s["bad_share"]},
+            ))
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": rows,
+            ("dagster/row_count" if len(stats) == 1 else "rows_in_run"): rows,
             "rows_read": read,
             "quarantined": sum(s["quarantined"] for s in stats),
             "invalid_rows": invalid,
             "duplicates": sum(s["duplicates"] for s in stats),
             "rows_routed_out": sum(s["rows_routed_out"] for s in stats),
             "routed_to": dg.MetadataValue.json(routed),
+            "routed_in": dg.MetadataValue.json({s["day"]: s["routed_in_digests"] for s in stats if s["routed_in_digests"]}),
             "quarantine_reasons": dg.MetadataValue.json(_sum_dicts(s["quarantine_reasons"] for s in stats)),
             "days": len(stats),
             "bytes": sum(s["bytes"] for s in stats),

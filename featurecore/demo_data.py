@@ -76,7 +76,8 @@ WEEKDAY_VOLUME = np.array([0.97, 0.96, 0.96, 0.98, 1.02, 1.07, 1.04])  # Mon..Su
 SIZE_PRESETS = {
     "small": dict(days=14, users=500, products=120, events_per_day=3000),
     "default": dict(days=60, users=3000, products=500, events_per_day=20000),
-    "large": dict(days=100, users=100_000, products=5000, events_per_day=100_000),
+    # A little over 100k a day so the total clears 10M whatever the seed.
+    "large": dict(days=100, users=100_000, products=5000, events_per_day=102_000),
 }
 
 # RNG stream tags, so streams never overlap and adding one never perturbs another.
@@ -208,9 +209,11 @@ class _ProductSampler:
         self.key = c + (cs - before[c]) / total[c]
 
     def global_(self, u: np.ndarray) -> np.ndarray:
+        """Product positions for uniforms `u`, by popularity over all products."""
         return np.minimum(np.searchsorted(self.cdf, u * self.cdf[-1], side="right"), len(self.cdf) - 1)
 
     def in_category(self, cat: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Product positions for uniforms `u`, by popularity within each row's category."""
         pos = np.minimum(np.searchsorted(self.key, cat + u, side="right"), len(self.key) - 1)
         return self.order[pos]
 
@@ -230,6 +233,7 @@ def generate_day_events(cfg: DemoConfig, users_df: pd.DataFrame, products_df: pd
     weekend = d.weekday() >= 5
 
     uidx = _index_of(users_df["user_id"], cfg.users, "user")
+    # Unknown labels (a hand-edited table) fall back to the first segment rather than fail.
     seg = pd.Categorical(users_df["segment"], categories=SEGMENTS).codes.astype(np.int64)
     seg[seg < 0] = 0
     pidx = _index_of(products_df["product_id"], cfg.products, "product")
@@ -287,7 +291,8 @@ def generate_day_events(cfg: DemoConfig, users_df: pd.DataFrame, products_df: pd
     pref = lat.pref_cats[uidx[su], rng.integers(0, 2, n_sess)]
     pop = lat.popularity[pidx]
     cat_w = np.bincount(pcat, weights=pop, minlength=n_cat) + 1e-12
-    random_cat = np.minimum(np.searchsorted(np.cumsum(cat_w), rng.random(n_sess) * cat_w.sum(), side="right"), n_cat - 1)
+    random_cat = np.searchsorted(np.cumsum(cat_w), rng.random(n_sess) * cat_w.sum(), side="right")
+    random_cat = np.minimum(random_cat, n_cat - 1)
     s_cat = np.where(focus, pref, random_cat)
 
     normal = _ProductSampler(pop, pcat, n_cat)
@@ -337,7 +342,7 @@ def generate_day_events(cfg: DemoConfig, users_df: pd.DataFrame, products_df: pd
     buy_off = last_cart[cart_sess] + 5.0 + rng.exponential(40.0, len(cart_sess)) + 3.0 * cart_rank
     dur = np.where(c1, last_cart, last_view)
     np.maximum.at(dur, cart_sess[bought], buy_off[bought])
-    s_start = np.minimum(s_start, 86399.0 - dur)
+    s_start = np.clip(s_start, 0.0, np.maximum(86399.0 - dur, 0.0))
 
     b = np.flatnonzero(bought)
     sess = np.concatenate([v_sess, cart_sess, cart_sess[b]])
@@ -507,9 +512,9 @@ def planted_signal(wide_columns: int = 500) -> dict:
         "users": {"informative": ["segment", "signup_date"], "weak": ["age"], "noise": ["country"]},
         "products": {"informative": ["price", "category"], "noise": ["brand"]},
         "events": {
-            "informative": ["event_type", "user_id", "ts", "price", "device_type", "referrer", "session_id"],
-            "noise": ["event_id"],
-            "weak": ["quantity", "product_id"],
+            "keys": ["event_id", "user_id", "product_id", "session_id"],
+            "informative": ["event_type", "ts", "price"],
+            "weak": ["device_type", "referrer", "quantity"],
         },
         "wide": {
             "informative": names["informative"],
@@ -557,6 +562,7 @@ def generate(landing_root, cfg: DemoConfig) -> dict:
     paths = _write_static(landing, cfg)
     users, products = build_world(cfg)
     days = [(date.fromisoformat(cfg.start[:10]) + timedelta(days=i)).isoformat() for i in range(cfg.days)]
+    # The last day's late events have not "arrived" yet: append_day of the next day writes them.
     cache: dict = {}
     total = 0
     for day in days:

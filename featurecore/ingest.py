@@ -9,7 +9,7 @@ store themselves; they return only small statistics.
 
 from __future__ import annotations
 
-import json
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,13 +261,13 @@ def ingest_events_day(day: str, cfg: SourceConfig) -> dict:
         reason = ("ts " + events.loc[out_of_range, "ts"].astype(str) + f" is outside the accepted range [{lo.date()}, {(hi - pd.Timedelta(days=1)).date()}] for arrival folder {day}")
         quarantined.append(quarantine_rows(events, out_of_range.to_numpy(), "", "ts", reason))
     keep = ~out_of_range
-    routed_out = {}
+    routed_out, routed_digest = {}, {}
     other = keep & (ev_day != this_start)
     for target, grp in events[other].groupby(ev_day[other].dt.strftime("%Y-%m-%d")):
-        _write_routed(cfg.store_root, target, day, grp)
+        routed_digest[target] = _write_routed(cfg.store_root, target, day, grp)
         routed_out[target] = len(grp)
     _clear_stale_routes(cfg.store_root, day, keep_targets=set(routed_out))
-    routed_in = _read_routed(cfg.store_root, day)
+    routed_in, routed_in_digests = _read_routed(cfg.store_root, day)
     events = pd.concat([events[keep & ~other], routed_in], ignore_index=True) if len(routed_in) else events[keep & ~other]
     events, dups = deduplicate(_conform(events))
     quarantined.append(dups)
@@ -287,6 +287,8 @@ def ingest_events_day(day: str, cfg: SourceConfig) -> dict:
         "rows_routed_in": int(len(routed_in)),
         "rows_routed_out": int(sum(routed_out.values())),
         "routed_to": routed_out,
+        "routed_digest": routed_digest,
+        "routed_in_digests": routed_in_digests,
         "rows": int(written["rows"]),
         "bytes": int(written["bytes"]),
         "quarantined": int(len(quarantine)),
@@ -333,12 +335,19 @@ def _routed_path(store_root: str, target: str, arrival: str) -> Path:
     return partition_dir(store_root, ROUTED_ASSET, target) / f"from-{arrival}.parquet"
 
 
-def _write_routed(store_root: str, target: str, arrival: str, rows: pd.DataFrame) -> None:
+def _write_routed(store_root: str, target: str, arrival: str, rows: pd.DataFrame) -> str:
+    """Write rows of `arrival`'s folder that belong to day `target`; return a digest of their content."""
+    rows = _conform(rows)
+    # The digest lets the late-data sensor tell whether the target day already holds these rows.
+    digest = hashlib.sha1(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()[:12]
+    table = pa_arrow.Table.from_pandas(rows, schema=EVENTS_ARROW_SCHEMA, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"digest": digest.encode()})
     path = _routed_path(store_root, target, arrival)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    pq.write_table(pa_arrow.Table.from_pandas(_conform(rows), schema=EVENTS_ARROW_SCHEMA, preserve_index=False), tmp)
+    pq.write_table(table, tmp)
     tmp.replace(path)
+    return digest
 
 
 def _clear_stale_routes(store_root: str, arrival: str, keep_targets: set[str]) -> None:
@@ -351,12 +360,15 @@ def _clear_stale_routes(store_root: str, arrival: str, keep_targets: set[str]) -
             f.unlink()
 
 
-def _read_routed(store_root: str, day: str) -> pd.DataFrame:
+def _read_routed(store_root: str, day: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Rows other folders routed to `day`, and the digest of each arrival folder's contribution."""
     folder = partition_dir(store_root, ROUTED_ASSET, day)
     files = sorted(folder.glob("from-*.parquet")) if folder.is_dir() else []
     if not files:
-        return _empty_events()
-    return pa_arrow.concat_tables([pq.read_table(f) for f in files]).to_pandas()
+        return _empty_events(), {}
+    tables = [pq.read_table(f) for f in files]
+    digests = {f.stem.removeprefix("from-"): (t.schema.metadata or {}).get(b"digest", b"").decode() for f, t in zip(files, tables)}
+    return pa_arrow.concat_tables(tables).to_pandas(), digests
 
 
 def routed_days_pending(store_root: str, day: str) -> list[str]:

@@ -67,11 +67,6 @@ def _group_bounds(sorted_codes: np.ndarray) -> tuple[list[int], list[int], list[
     return sorted_codes[starts].tolist(), starts.tolist(), ends.tolist()
 
 
-def _is_null(arr: np.ndarray) -> np.ndarray:
-    return np.fromiter((b is None for b in arr), dtype=bool, count=len(arr)) if arr.dtype == object \
-        else pd.isna(arr)
-
-
 # --------------------------------------------------------------------------- HLL
 
 
@@ -83,18 +78,25 @@ def hll_of(values: Iterable) -> bytes:
     return sk.serialize_compact()
 
 
-def hll_by_group(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+def hll_by_group(codes: np.ndarray, values: np.ndarray, n_groups: int,
+                 value_uniques: Sequence | None = None) -> np.ndarray:
     """Serialized HLL per group code in ``[0, n_groups)`` (``None`` for groups without values).
 
-    Each distinct (group, value) pair updates a sketch once: values are factorized, pairs
-    deduplicated with numpy, and the only Python loop runs over groups.
+    ``values`` are the (non-null) values, or, with ``value_uniques``, integer codes into it
+    (as returned by ``pd.factorize``). Each distinct (group, value) pair updates a sketch
+    once: pairs are deduplicated with numpy and the only Python loop runs over groups.
     """
     out = np.full(n_groups, None, dtype=object)
     if len(codes) == 0:
         return out
-    vcodes, uniq = pd.factorize(values, sort=False)
+    if value_uniques is None:
+        vcodes, uniq = pd.factorize(values, sort=False)
+    else:
+        vcodes, uniq = np.asarray(values, dtype=np.int64), value_uniques
     nv = max(len(uniq), 1)
-    pairs = np.unique(codes.astype(np.int64) * nv + vcodes)
+    pairs = np.sort(codes.astype(np.int64) * nv + vcodes)  # sort + diff: faster than np.unique here
+    if len(pairs) > 1:
+        pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
     g = pairs // nv
     items = np.asarray(_items(uniq), dtype=object)[pairs % nv].tolist()
     groups, starts, ends = _group_bounds(g)

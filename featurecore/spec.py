@@ -291,7 +291,7 @@ def where_label(where: tuple[Condition, ...] | None) -> str:
 def where_describe(where: tuple[Condition, ...] | None) -> str:
     if not where:
         return "all events"
-    return " and ".join(
+    return "events with " + " and ".join(
         f"{c} {op}" if op in ("notnull", "isnull") else f"{c} {op} {v!r}" for c, op, v in where
     )
 
@@ -688,7 +688,7 @@ def _build_plan(group: FeatureGroup) -> dict:
             label = where_label(d.where) or "event"
             features.append(FeatureDef(
                 d.name or f"seconds_since_last_{label}", "recency", ALL_TIME, s, d, None,
-                d.description or f"Seconds from the cutoff t back to the last event with {where_describe(d.where)} "
+                d.description or f"Seconds from the cutoff t back to the last of {where_describe(d.where)} "
                 "(all time; NaN if none)",
             ))
         elif d.kind == "frequency":
@@ -696,7 +696,7 @@ def _build_plan(group: FeatureGroup) -> dict:
             label = where_label(d.where) or "event"
             features.append(FeatureDef(
                 d.name or f"{label}_frequency_{d.window.label}", "frequency", d.window, s, d, None,
-                d.description or f"Share of the days of {d.window.describe()} with at least one event with "
+                d.description or f"Share of the days of {d.window.describe()} with at least one of "
                 f"{where_describe(d.where)} (active days / {d.window.n_days})",
             ))
         elif d.kind == "ema":
@@ -705,10 +705,11 @@ def _build_plan(group: FeatureGroup) -> dict:
             hl = _duration_label(d.half_life)
             mode = "" if d.mode == "sum" else f"_{d.mode}"
             what = f"{d.column} of" if d.column else "count of"
+            what = f"{what} {where_describe(d.where)}"
             kind = {"sum": "decayed sum", "mean": "decayed mean", "rate": "decayed per-day rate"}[d.mode]
             features.append(FeatureDef(
                 d.name or f"{s.label}_ema{mode}_hl{hl}", "ema", ALL_TIME, s, d, d.half_life,
-                d.description or f"Exponential {kind} ({what} events with {where_describe(d.where)}), "
+                d.description or f"Exponential {kind} ({what}), "
                 f"half-life {hl}, weight 2^(-(t - ts)/{hl}), all time",
             ))
 
@@ -774,22 +775,22 @@ def _agg_features(agg: Aggregation, s: Stream) -> list[FeatureDef]:
                 shown = "values outside the declared list" if c == OTHER else f"{col} == {c!r}"
                 out.append(FeatureDef(
                     f"{base}_{'other' if c == OTHER else _slug(c)}_{w.label}", "share", w, s, agg, c,
-                    agg.description or f"Share of {what} with non-null {col} where {shown}, in {wd}",
+                    agg.description or f"Share of {shown} among {what} with a non-null {col}, in {wd}",
                 ))
         else:
             base = agg.name or f"{s.label}_{agg.op}"
             desc = {
-                "count": (f"Number of non-null {col} values over {what}" if col else f"Number of {what}"),
+                "count": (f"Number of non-null {col} values of {what}" if col else f"Number of {what}"),
                 "sum": f"Sum of {col} over {what}",
                 "mean": f"Mean of {col} over {what}",
                 "std": f"Sample standard deviation (ddof=1) of {col} over {what}",
                 "min": f"Minimum of {col} over {what}",
                 "max": f"Maximum of {col} over {what}",
-                "last": f"{col} of the latest of {what}",
+                "last": f"{col} of the latest of {what} (ties on ts: the largest value)",
                 "distinct": f"Approximate distinct count (HLL) of {col} over {what}",
                 "active_days": f"Number of UTC days with at least one of {what}",
             }[agg.op]
             dtype = "object" if agg.op == "last" and col not in NUMERIC_COLUMNS else "float64"
             out.append(FeatureDef(f"{base}_{w.label}", agg.op, w, s, agg, None,
-                                  agg.description or f"{desc}, in {wd}", dtype))
+                                  agg.description or f"{desc} in {wd}", dtype))
     return out

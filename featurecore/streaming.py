@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,16 +39,20 @@ LN2 = math.log(2.0)
 # --------------------------------------------------------------------------- helpers
 
 
-def factorize_keys(df: pd.DataFrame, keys: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    """Group codes (int64, -1 where a key is null) and the unique key rows, in first-seen order."""
+def factorize_keys(df: pd.DataFrame | Mapping[str, Any], keys: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Group codes (int64, -1 where a key is null) and the unique key rows, in first-seen order.
+
+    ``df`` is a DataFrame or a mapping of column name -> array.
+    """
     keys = list(keys)
     if len(keys) == 1:
         codes, uniq = pd.factorize(df[keys[0]], sort=False)
         return codes.astype(np.int64, copy=False), pd.DataFrame({keys[0]: np.asarray(uniq, dtype=object)
                                                                  if not _is_numeric(uniq) else uniq})
     parts = [pd.factorize(df[k], sort=False) for k in keys]
-    combined = np.zeros(len(df), dtype=np.int64)
-    bad = np.zeros(len(df), dtype=bool)
+    n_rows = len(parts[0][0])
+    combined = np.zeros(n_rows, dtype=np.int64)
+    bad = np.zeros(n_rows, dtype=bool)
     for c, u in parts:
         bad |= c < 0
         combined = combined * max(len(u), 1) + np.maximum(c, 0)

@@ -1,0 +1,91 @@
+"""``python -m bench [--size small|large]``: run every benchmark once and print the tables.
+
+Later benchmarks: add ``(name, module)`` to ``BENCHMARKS``; a module provides
+``run(ctx) -> result`` (with ``result.render() -> str``) and ``summary_rows(result)``
+returning rows ``[benchmark, figure, value, target, met]`` for the final summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import memory_scaling, windowed_features
+from .common import RESULTS_DIR, SIZES, Dataset, MemorySampler, prepare_data, start_cluster, table
+
+BENCHMARKS = [
+    ("windowed_features", windowed_features),
+    ("memory_scaling", memory_scaling),
+]
+
+
+@dataclass
+class Context:
+    client: Any
+    sampler: MemorySampler
+    data: Dataset
+    log: Callable[[str], None] = print
+    results: dict = field(default_factory=dict)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=list(SIZES), default="small",
+                   help="small (default, a couple of minutes on 2 cores), large (10M events), tiny (smoke)")
+    p.add_argument("--only", choices=[n for n, _ in BENCHMARKS], action="append",
+                   help="run only this benchmark (repeatable)")
+    p.add_argument("--data-dir", help="where generated input data is cached (default bench/results/data/)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    warnings.filterwarnings("ignore")
+    size = SIZES[args.size]
+    t_start = time.perf_counter()
+    print(f"bench size={size.name}: {size.days} days x ~{size.events_per_day:,} events/day, {size.users:,} users; "
+          f"LocalCluster 2 workers x 1 thread; {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    cluster, client = start_cluster()
+    sampler = MemorySampler()
+    summary: list[list[str]] = []
+    rendered: list[str] = []
+    try:
+        data_root = Path(args.data_dir) / size.name if args.data_dir else None
+        data = prepare_data(size, client, data_root)
+        ctx = Context(client, sampler, data)
+        for name, mod in BENCHMARKS:
+            if args.only and name not in args.only:
+                continue
+            print(f"\n== {name}")
+            res = mod.run(ctx)
+            ctx.results[name] = res
+            text = res.render()
+            rendered.append(text)
+            print()
+            print(text)
+            summary.extend(mod.summary_rows(res))
+    finally:
+        sampler.close()
+        client.close()
+        cluster.close()
+    final = table(["benchmark", "figure", "value", "target", "met"], summary,
+                  title=f"\nSUMMARY (size={size.name}, one run, total wall {time.perf_counter() - t_start:.0f} s "
+                        "including data preparation)")
+    print(final)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"bench-{size.name}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    out.write_text("\n\n".join(rendered + [final]) + "\n")
+    print(f"\n(report saved to {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

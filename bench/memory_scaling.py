@@ -1,0 +1,154 @@
+"""Benchmark 2: memory and per-day cost of the project's backfill as the range and windows grow.
+
+(1) Peak memory of a full backfill (tiles + features, the Dagster code path, on the
+    2-worker LocalCluster) over the first N1 vs the first N2 days of the same data (same
+    daily volume; 30 vs 90 days at the real sizes). A task holds one day of raw events
+    (tiles) or one window of tiles plus the all-time state (features), so the peak should
+    stay flat however many days a backfill covers. Workers are restarted before each run
+    so both start from the same idle baseline.
+(2) Per-day feature cost of ``bench_user`` (30-day windows) vs ``bench_user_1d`` (the same
+    declaration with every finite window replaced by 1 day; the all-time recency kept):
+    both read tiles only, so a day should cost about the same. Measured as the median
+    ``features_range`` seconds per day (read tiles, merge, features, write, schema check)
+    over the last days of the range, each group run alone on one worker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from featurecore.spec import Aggregation, FeatureGroup
+
+from .common import (
+    Dataset, MemoryWindow, clear_assets, fmt_bytes, fmt_ratio, fmt_seconds, fresh_work_store, reset_workers, table,
+    timed,
+)
+from .windowed_features import GROUP, project_backfill
+
+
+def one_day_variant(group: FeatureGroup, name: str) -> FeatureGroup:
+    """The same group with every finite window replaced by 1 day (duplicates dropped)."""
+    aggs = []
+    for a in group.aggregations:
+        wins = tuple(dict.fromkeys("1d" if not w.is_all_time else w for w in a.windows))
+        aggs.append(replace(a, windows=wins))
+    return FeatureGroup(name, keys=group.keys, aggregations=aggs, derived=group.derived,
+                        description=group.description + " (1-day windows)")
+
+
+GROUP_1D = one_day_variant(GROUP, "bench_user_1d")
+
+
+@dataclass
+class ScalingRun:
+    days: int
+    events: int
+    seconds: float
+    memory: MemoryWindow
+
+
+@dataclass
+class MemoryScalingResult:
+    size: str
+    runs: list[ScalingRun]
+    per_day: dict[str, dict]  # group -> {median, mean, days, tile_columns, features}
+
+    @property
+    def peak_ratio(self) -> float:
+        return self.runs[1].memory.peak / self.runs[0].memory.peak
+
+    @property
+    def delta_ratio(self) -> float:
+        return self.runs[1].memory.delta / max(self.runs[0].memory.delta, 1)
+
+    @property
+    def worker_ratio(self) -> float:
+        return self.runs[1].memory.peak_worker / self.runs[0].memory.peak_worker
+
+    @property
+    def cost_ratio(self) -> float:
+        return self.per_day[GROUP.name]["median"] / self.per_day[GROUP_1D.name]["median"]
+
+    def render(self) -> str:
+        rows = [[f"full backfill, {r.days} days", f"{r.events:,}", fmt_seconds(r.seconds),
+                 fmt_seconds(r.seconds / r.days), fmt_bytes(r.memory.peak), fmt_bytes(r.memory.delta),
+                 fmt_bytes(r.memory.peak_worker)] for r in self.runs]
+        a = table(["run (bench_user)", "events", "time", "per day", "peak RSS", "above idle", "largest worker"], rows,
+                  title=f"Benchmark 2 - memory scaling and window cost ({self.size})")
+        b = table(
+            ["group", "windows", "feature s/day (median)", "mean", "days timed"],
+            [[g, v["windows"], fmt_seconds(v["median"]), fmt_seconds(v["mean"]), v["days"]]
+             for g, v in self.per_day.items()],
+        )
+        n0, n1 = self.runs[0].days, self.runs[1].days
+        lines = [a, "", b, "",
+                 f"peak RSS {n1} days / {n0} days: {fmt_ratio(self.peak_ratio)} total, {fmt_ratio(self.delta_ratio)} "
+                 f"above idle, {fmt_ratio(self.worker_ratio)} largest worker (flat = ~1x)",
+                 f"per-day feature cost 30-day windows / 1-day windows: {fmt_ratio(self.cost_ratio)} (close = ~1x)"]
+        return "\n".join(lines)
+
+
+def run(ctx) -> MemoryScalingResult:
+    client, sampler, data, log = ctx.client, ctx.sampler, ctx.data, ctx.log
+    size = data.size
+    n_short, n_long = size.scaling_days
+    n_long = min(n_long, len(data.days))
+    store = fresh_work_store(data, "scaling")
+    runs = []
+    for n in (n_short, n_long):
+        days = data.days[:n]
+        clear_assets(store, f"{GROUP.name}_tiles", GROUP.name, f"{GROUP.name}__state")
+        reset_workers(client)
+        log(f"  full backfill of {n} days ...")
+        with timed(sampler) as t:
+            bf = project_backfill(client, [GROUP], store, days, days[0])
+        if bf["schema_errors"]:
+            log(f"  note: schema failures {bf['schema_errors'][:2]}")
+        runs.append(ScalingRun(n, data.events_in(days), t["seconds"], t["memory"]))
+        log(f"      {fmt_seconds(t['seconds'])}, peak {fmt_bytes(t['memory'].peak)}")
+
+    # per-day cost: tiles of both groups for the whole range (not timed), then each group's
+    # features over the range in one task, alone on the cluster
+    from featurecore.pipeline import features_range, tile_day
+
+    log("  per-day cost 30d vs 1d windows ...")
+    days = data.days[:n_long]
+    clear_assets(store, f"{GROUP.name}_tiles", GROUP.name, f"{GROUP.name}__state")
+    client.gather([client.submit(tile_day, d, [GROUP, GROUP_1D], store, pure=False) for d in days])
+    timed_days = days[-size.per_day_days:]
+    first = timed_days[0]
+    from featurecore.timeutil import shift_day
+
+    per_day = {}
+    for g in (GROUP, GROUP_1D):
+        # the state of the day before the timed days, so the timed task only does the timed days
+        client.submit(features_range, days[: days.index(first)], g, store, days[0], pure=False).result()
+        t0 = time.perf_counter()
+        stats = client.submit(features_range, timed_days, g, store, days[0], pure=False).result()
+        wall = time.perf_counter() - t0
+        secs = [s["seconds"] for s in stats]
+        per_day[g.name] = {
+            "windows": ", ".join(w.label for w in g.windows),
+            "median": float(np.median(secs)), "mean": float(np.mean(secs)), "days": len(secs), "wall": wall,
+        }
+    assert shift_day(first, -1) == days[days.index(first) - 1]
+    return MemoryScalingResult(size.name, runs, per_day)
+
+
+def summary_rows(r: MemoryScalingResult) -> list[list[str]]:
+    n0, n1 = r.runs[0].days, r.runs[1].days
+    return [
+        ["2 scaling", f"peak RSS backfill {n0} days", fmt_bytes(r.runs[0].memory.peak), "", ""],
+        ["2 scaling", f"peak RSS backfill {n1} days", fmt_bytes(r.runs[1].memory.peak), "", ""],
+        ["2 scaling", f"peak RSS {n1}d / {n0}d (above idle)",
+         f"{fmt_ratio(r.peak_ratio)} ({fmt_ratio(r.delta_ratio)})", "flat (~1x)", _yn(r.peak_ratio <= 1.25)],
+        ["2 scaling", "feature s/day 30d / 1d windows", fmt_ratio(r.cost_ratio), "close (~1x)",
+         _yn(r.cost_ratio <= 1.5)],
+    ]
+
+
+def _yn(b: bool) -> str:
+    return "yes" if b else "NO"
