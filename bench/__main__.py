@@ -14,26 +14,15 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 from . import memory_scaling, windowed_features
-from .common import RESULTS_DIR, SIZES, Dataset, MemorySampler, prepare_data, start_cluster, table
+from .common import RESULTS_DIR, SIZES, Cluster, Context, MemorySampler, prepare_data, table
 
 BENCHMARKS = [
     ("windowed_features", windowed_features),
     ("memory_scaling", memory_scaling),
 ]
-
-
-@dataclass
-class Context:
-    client: Any
-    sampler: MemorySampler
-    data: Dataset
-    log: Callable[[str], None] = print
-    results: dict = field(default_factory=dict)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -53,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     print(f"bench size={size.name}: {size.days} days x ~{size.events_per_day:,} events/day, {size.users:,} users; "
           f"LocalCluster 2 workers x 1 thread; {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    cluster, client = start_cluster()
+    cluster = Cluster()
     sampler = MemorySampler()
     summary: list[list[str]] = []
     rendered: list[str] = []
     try:
         data_root = Path(args.data_dir) / size.name if args.data_dir else None
-        data = prepare_data(size, client, data_root)
-        ctx = Context(client, sampler, data)
+        data = prepare_data(size, cluster.client, data_root)
+        ctx = Context(cluster, sampler, data)
         for name, mod in BENCHMARKS:
             if args.only and name not in args.only:
                 continue
@@ -74,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
             summary.extend(mod.summary_rows(res))
     finally:
         sampler.close()
-        client.close()
         cluster.close()
     final = table(["benchmark", "figure", "value", "target", "met"], summary,
                   title=f"\nSUMMARY (size={size.name}, one run, total wall {time.perf_counter() - t_start:.0f} s "

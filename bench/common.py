@@ -155,36 +155,56 @@ def clear_assets(store_root: str, *assets: str) -> None:
 # --------------------------------------------------------------------------- cluster
 
 
-def _warm_imports() -> bool:
+def _warm_imports(featuretools: bool = False) -> bool:
     """Import what the benchmarked tasks import, so no timing pays for module loading."""
-    import featuretools  # noqa: F401
+    import warnings
 
+    warnings.filterwarnings("ignore")
     import checks.feature_schemas  # noqa: F401
     import featurecore.pipeline  # noqa: F401
     import featurecore.tiles  # noqa: F401
+
+    if featuretools:
+        import featuretools as _ft  # noqa: F401
     return True
 
 
-def start_cluster():
-    """The cluster the Dagster assets use, in miniature: 2 worker processes x 1 thread."""
-    from distributed import Client, LocalCluster
-
-    for name in ("distributed", "distributed.worker", "distributed.nanny", "distributed.scheduler"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = Client(cluster)
-    warm(client)
-    return cluster, client
+def _quiet_logs() -> None:
+    for name in ("distributed", "distributed.worker", "distributed.nanny", "distributed.scheduler",
+                 "distributed.core", "distributed.comm"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def warm(client) -> None:
-    client.run(_warm_imports)
+class Cluster:
+    """The cluster the Dagster assets use, in miniature: LocalCluster, 2 worker processes x 1 thread.
 
+    ``fresh()`` replaces it with a new one, so a measured phase starts from idle workers.
+    (A new cluster rather than ``Client.restart``: with featuretools imported in the
+    workers, ``restart`` intermittently times out waiting for them with distributed 2026.8.)
+    """
 
-def reset_workers(client) -> None:
-    """Restart the worker processes (fresh memory baseline) and re-import the task modules."""
-    client.restart(wait_for_workers=True)
-    warm(client)
+    def __init__(self, n_workers: int = 2, threads_per_worker: int = 1):
+        self.n_workers, self.threads_per_worker = n_workers, threads_per_worker
+        self.cluster = self.client = None
+        _quiet_logs()
+        self.fresh()
+
+    def fresh(self, featuretools: bool = False):
+        from distributed import Client, LocalCluster
+
+        self.close()
+        self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=self.threads_per_worker,
+                                    processes=True, dashboard_address=None)
+        self.client = Client(self.cluster)
+        self.client.run(_warm_imports, featuretools)
+        return self.client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.cluster = self.client = None
 
 
 # --------------------------------------------------------------------------- memory
@@ -380,3 +400,21 @@ def measurement_row(m: Measurement) -> list[str]:
 
 
 MEASUREMENT_HEADERS = ["implementation", "time", "events/s", "peak RSS", "above idle", "note"]
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass
+class Context:
+    """What a benchmark's ``run(ctx)`` gets."""
+
+    cluster: Cluster
+    sampler: MemorySampler
+    data: Dataset
+    log: Any = print
+    results: dict = field(default_factory=dict)
+
+    @property
+    def client(self):
+        return self.cluster.client

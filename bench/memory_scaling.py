@@ -23,7 +23,7 @@ import numpy as np
 from featurecore.spec import Aggregation, FeatureGroup
 
 from .common import (
-    Dataset, MemoryWindow, clear_assets, fmt_bytes, fmt_ratio, fmt_seconds, fresh_work_store, reset_workers, table,
+    Dataset, MemoryWindow, clear_assets, fmt_bytes, fmt_ratio, fmt_seconds, fresh_work_store, table,
     timed,
 )
 from .windowed_features import GROUP, project_backfill
@@ -92,7 +92,7 @@ class MemoryScalingResult:
 
 
 def run(ctx) -> MemoryScalingResult:
-    client, sampler, data, log = ctx.client, ctx.sampler, ctx.data, ctx.log
+    sampler, data, log = ctx.sampler, ctx.data, ctx.log
     size = data.size
     n_short, n_long = size.scaling_days
     n_long = min(n_long, len(data.days))
@@ -101,7 +101,7 @@ def run(ctx) -> MemoryScalingResult:
     for n in (n_short, n_long):
         days = data.days[:n]
         clear_assets(store, f"{GROUP.name}_tiles", GROUP.name, f"{GROUP.name}__state")
-        reset_workers(client)
+        client = ctx.cluster.fresh()
         log(f"  full backfill of {n} days ...")
         with timed(sampler) as t:
             bf = project_backfill(client, [GROUP], store, days, days[0])

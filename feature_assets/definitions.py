@@ -5,11 +5,11 @@ import dagster as dg
 
 from resources import DaskResource, LandingZone, OfflineStore
 
-from . import ingestion
+from . import feature_groups, ingestion
 from .automation import daily_job, daily_schedule, dimensions_job, landing_sensor, late_data_sensor
 
 defs = dg.Definitions(
-    assets=[ingestion.raw_events, ingestion.users, ingestion.products],
+    assets=[ingestion.raw_events, ingestion.users, ingestion.products, feature_groups.feature_tiles, feature_groups.feature_groups],
     jobs=[daily_job, dimensions_job],
     schedules=[daily_schedule],
     sensors=[landing_sensor, late_data_sensor],

@@ -58,7 +58,8 @@ def run_demo(days: int, users: int, events_per_day: int, regenerate: bool) -> di
     rows = {}
     for ev in daily.get_asset_materialization_events():
         mat = ev.event_specific_data.materialization
-        rows[mat.asset_key.to_user_string()] = mat.metadata.get("dagster/row_count").value if "dagster/row_count" in mat.metadata else None
+        key = "dagster/row_count" if "dagster/row_count" in mat.metadata else "rows_in_run"
+        rows[mat.asset_key.to_user_string()] = mat.metadata[key].value if key in mat.metadata else None
     checks = [(e.asset_key.to_user_string(), e.check_name, e.passed) for e in daily.get_asset_check_evaluations()]
     print()
     print(f"Demo range {start} .. {end} ({days} days); DAGSTER_HOME={os.environ.get('DAGSTER_HOME')}")

@@ -15,17 +15,18 @@ import time
 import dagster as dg
 import pandas as pd
 
-from featurecore.groups import GROUPS
+from featurecore.groups import GROUPS as _GROUPS_BY_NAME
 from featurecore.pipeline import features_range, tile_day, tiles_asset
 from featurecore.spec import FeatureGroup
 from featurecore.store import partition_dir, read_partition
 from resources import DaskResource, LandingZone, OfflineStore
 
 from .ingestion import effective_config
-from .metadata import preview, schema_metadata
+from .metadata import preview, row_count, schema_metadata
 from .partitions import daily_partitions
 
 ENGINE_VERSION = "1"
+GROUPS = list(_GROUPS_BY_NAME.values())
 # Windowed-only groups are split into chunks of days that run in parallel; each chunk
 # re-reads at most one window of tiles at its start.
 CHUNK_DAYS = 15
@@ -101,7 +102,7 @@ def feature_tiles(context: dg.AssetExecutionContext, dask: DaskResource, landing
         yield dg.MaterializeResult(
             asset_key=tiles_asset(g),
             metadata={
-                "dagster/row_count": sum(p["rows"] for p in per),
+                **row_count(sum(p["rows"] for p in per), len(days)),
                 "days": len(days),
                 "events_read": events,
                 "bytes": sum(p["bytes"] for p in per),
@@ -155,7 +156,7 @@ def feature_groups(context: dg.AssetExecutionContext, dask: DaskResource, landin
         yield dg.MaterializeResult(
             asset_key=g.name,
             metadata={
-                "dagster/row_count": sum(s["rows"] for s in stats),
+                **row_count(sum(s["rows"] for s in stats), len(stats)),
                 "entities_last_day": last["entities"],
                 "days": len(stats),
                 "features": len(g.feature_names()),

@@ -12,7 +12,7 @@ from featurecore.ingest import ingest_dimension, ingest_events_day
 from featurecore.store import partition_dir
 from resources import DaskResource, LandingZone, OfflineStore
 
-from .metadata import per_day_table, preview, schema_metadata
+from .metadata import per_day_table, preview, row_count, schema_metadata
 from .partitions import daily_partitions
 
 INGESTION_VERSION = "1"
@@ -120,7 +120,7 @@ def raw_events(context: dg.AssetExecutionContext, dask: DaskResource, landing: L
             ))
     return dg.MaterializeResult(
         metadata={
-            ("dagster/row_count" if len(stats) == 1 else "rows_in_run"): rows,
+            **row_count(rows, len(stats)),
             "rows_read": read,
             "quarantined": sum(s["quarantined"] for s in stats),
             "invalid_rows": invalid,

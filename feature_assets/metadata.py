@@ -20,3 +20,12 @@ def per_day_table(stats: list[dict], columns: list[str]) -> dg.MetadataValue:
     """A markdown table with one line per partition day."""
     df = pd.DataFrame(stats)[["day", *columns]] if stats else pd.DataFrame(columns=["day", *columns])
     return dg.MetadataValue.md(df.to_markdown(index=False))
+
+
+def row_count(rows: int, days: int) -> dict:
+    """Row-count metadata: Dagster's standard key for one partition, `rows_in_run` for a range.
+
+    A range run records the same metadata on every partition of the range, so a total
+    under `dagster/row_count` would be wrong for each of them.
+    """
+    return {"dagster/row_count" if days == 1 else "rows_in_run": rows}

@@ -261,7 +261,7 @@ def compute_tile(events: pd.DataFrame, group: FeatureGroup, day: Any) -> pd.Data
         # e.g. a brand group without enrichment: nothing can be keyed
         return empty_tile(group, ["asof", "event__n"])
     t_all = ts_ns(events["ts"])
-    m = (t_all >= start) & (t_all <= end)
+    m = (t_all >= start) & (t_all < end)
     for k in keys:
         m &= events[k].notna().to_numpy()
     rows = None if m.all() else np.flatnonzero(m)
@@ -538,7 +538,7 @@ def features_for_day(
     for i, w in enumerate(finite):
         # nested windows: the 30d merge starts from the 7d merge plus days D-29 .. D-7
         needed = list(dict.fromkeys(c for w2 in finite[i:] for c in group.tile_columns_for(w2)))
-        new_days = [shift_day(day, -j) for j in range(prev_days, w.n_days)]
+        new_days = [shift_day(day, -j) for j in range(prev_days, w.n_days + 1)]
         parts = ([] if prev_frame is None else [_select(prev_frame, group, needed)]) + \
             [_select(tiles[d], group, needed) for d in new_days if d in tiles]
         frame = merge_tiles(parts, group) if parts else None  # None: no tile in the window

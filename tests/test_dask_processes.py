@@ -168,4 +168,4 @@ def test_raw_events_on_external_cluster(dask_processes, tmp_path):
     assert set(pids) == workers
     assert set(client.run(os.getppid).values()) == {p.pid for p in dask_processes["workers"]}
     all_rows = pd.concat([read_partition(store, "raw_events", day) for day in DAYS])
-    assert mats[DAYS[-1]].metadata["dagster/row_count"].value == len(all_rows)
+    assert mats[DAYS[-1]].metadata["rows_in_run"].value == len(all_rows)
