@@ -194,7 +194,7 @@ class Cluster:
 
         self.close()
         self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=self.threads_per_worker,
-                                    processes=True, dashboard_address=None)
+                                    processes=True, dashboard_address=":0")
         self.client = Client(self.cluster)
         self.client.run(_warm_imports, featuretools)
         return self.client

@@ -538,7 +538,7 @@ def features_for_day(
     for i, w in enumerate(finite):
         # nested windows: the 30d merge starts from the 7d merge plus days D-29 .. D-7
         needed = list(dict.fromkeys(c for w2 in finite[i:] for c in group.tile_columns_for(w2)))
-        new_days = [shift_day(day, -j) for j in range(prev_days, w.n_days + 1)]
+        new_days = [shift_day(day, -j) for j in range(prev_days, w.n_days)]
         parts = ([] if prev_frame is None else [_select(prev_frame, group, needed)]) + \
             [_select(tiles[d], group, needed) for d in new_days if d in tiles]
         frame = merge_tiles(parts, group) if parts else None  # None: no tile in the window
@@ -643,7 +643,7 @@ def _feature_values(f: FeatureDef, a: pd.DataFrame, w: Window, t_cut: pd.Timesta
 
     def num(col: str, fill: float = np.nan) -> np.ndarray:
         v = a[col].to_numpy(dtype=np.float64, na_value=np.nan)
-        return v if math.isnan(fill) else np.where(np.isnan(v), fill, v)
+        return v
 
     with np.errstate(invalid="ignore", divide="ignore"):
         if k == "count":

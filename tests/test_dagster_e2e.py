@@ -23,7 +23,7 @@ from dagster import AssetKey
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from feature_assets.automation import daily_schedule, landing_sensor, late_data_sensor
-from feature_assets.definitions import defs
+from feature_assets.definitions import build_defs, defs
 from featurecore import demo_data
 from featurecore.store import partition_dir, read_partition
 from resources import DaskResource, LandingZone, OfflineStore
@@ -46,21 +46,10 @@ def days_from(start: str, n: int) -> list[str]:
 
 def defs_with(landing_root: Path, store_root: Path, scheduler_address: str | None) -> dg.Definitions:
     """The project's Definitions with the landing, store and Dask resources overridden."""
-    overrides = {
-        "dask": DaskResource(scheduler_address=scheduler_address),
-        "landing": LandingZone(landing_root=str(landing_root)),
-        "store": OfflineStore(root=str(store_root)),
-    }
-    return dg.Definitions(
-        assets=defs.assets,
-        asset_checks=defs.asset_checks,
-        jobs=defs.jobs,
-        schedules=defs.schedules,
-        sensors=defs.sensors,
-        resources={**(defs.resources or {}), **overrides},
-        executor=defs.executor,
-        loggers=defs.loggers,
-        metadata=defs.metadata,
+    return build_defs(
+        dask=DaskResource(scheduler_address=scheduler_address),
+        landing=LandingZone(landing_root=str(landing_root)),
+        store=OfflineStore(root=str(store_root)),
     )
 
 

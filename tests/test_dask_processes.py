@@ -19,7 +19,8 @@ import pytest
 from dagster import AssetKey
 from distributed import Client, get_task_stream
 
-from feature_assets.definitions import defs
+from feature_assets.definitions import build_defs
+from featurecore.groups import GROUPS
 from featurecore import demo_data
 from featurecore.store import partition_dir, read_partition
 from resources import DaskResource, LandingZone, OfflineStore
@@ -117,24 +118,18 @@ def test_raw_events_on_external_cluster(dask_processes, tmp_path):
     landing, store = tmp_path / "landing", tmp_path / "store"
     demo_data.generate(landing, DEMO)
     address, client = dask_processes["address"], dask_processes["client"]
-    d = dg.Definitions(
-        assets=defs.assets,
-        asset_checks=defs.asset_checks,
-        jobs=defs.jobs,
-        resources={
-            **(defs.resources or {}),
-            "dask": DaskResource(scheduler_address=address),
-            "landing": LandingZone(landing_root=str(landing)),
-            "store": OfflineStore(root=str(store)),
-        },
-        executor=defs.executor,
+    d = build_defs(
+        dask=DaskResource(scheduler_address=address),
+        landing=LandingZone(landing_root=str(landing)),
+        store=OfflineStore(root=str(store)),
     )
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance, get_task_stream(client=client) as stream:
+        assert d.resolve_job_def("dimensions").execute_in_process(instance=instance).success
+        # The whole daily graph: ingestion, tiles and every feature group.
         result = d.resolve_job_def("daily_features").execute_in_process(
             instance=instance,
-            asset_selection=[RAW],
             tags={"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partition_range_end": DAYS[-1]},
         )
         assert result.success
@@ -151,8 +146,11 @@ def test_raw_events_on_external_cluster(dask_processes, tmp_path):
         assert (partition_dir(store, "raw_events", day) / "part-0.parquet").is_file()
         assert len(df) == landing_rows > 0
         assert df["event_id"].is_unique and (df["ts"].dt.strftime("%Y-%m-%d") == day).all()
-    mats = {e.partition: e.materialization for e in result.get_asset_materialization_events()}
+    mats = {e.partition: e.materialization for e in result.get_asset_materialization_events() if e.asset_key == RAW}
     assert sorted(mats) == DAYS
+    for name in GROUPS:  # every group wrote one folder per day
+        assert sorted(p.name for p in (store / name).iterdir()) == [f"date={day}" for day in DAYS]
+    assert any("features_range" in str(t["key"]) for t in stream.data)
     assert all(e.passed for e in result.get_asset_check_evaluations())
 
     # Evidence from the scheduler: the ingestion tasks ran on the two external workers.
