@@ -205,8 +205,7 @@ def kll_count(sketch: bytes | None) -> int:
 def _merge_by_group(codes: np.ndarray, sketches: np.ndarray, n_groups: int, merge) -> np.ndarray:
     out = np.full(n_groups, None, dtype=object)
     sketches = np.asarray(sketches, dtype=object)
-    ok = ~np.fromiter((b is None or (isinstance(b, float) and math.isnan(b)) for b in sketches),
-                      dtype=bool, count=len(sketches))
+    ok = ~pd.isna(sketches)
     c, s = codes[ok], sketches[ok]
     if not len(c):
         return out

@@ -52,7 +52,8 @@ Filters (``where``): ``("event_type", "==", "purchase")``, ``("event_type", "in"
 ``("referrer", "notnull")``, ``("referrer", "isnull")``, or a tuple of such conditions
 (AND). A null value never matches a comparison (only ``isnull``).
 
-Engine-derived value columns (``DERIVED_COLUMNS``): ``amount = price * quantity``;
+Engine-derived value columns (``DERIVED_COLUMNS``; an event column of the same name,
+if present, takes precedence): ``amount = price * quantity`` (needs both columns);
 ``dow`` (``mon`` .. ``sun`` of ``ts``); ``hour`` (0..23); ``hour_bucket`` (``night``
 [0,6), ``morning`` [6,12), ``afternoon`` [12,18), ``evening`` [18,24) of the UTC hour).
 
@@ -608,6 +609,10 @@ class FeatureGroup:
     def stream_stats(self) -> dict[str, tuple[Stream, tuple[str, ...]]]:
         """label -> (stream, stats) in tile-column order."""
         return self._plan["streams"]
+
+    def share_categories(self) -> dict[str, tuple]:
+        """stream label -> declared category values counted in its ``cnt_<c>`` tile columns."""
+        return dict(self._plan["categories"])
 
     @property
     def tile_columns(self) -> tuple[str, ...]:

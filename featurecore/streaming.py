@@ -83,12 +83,16 @@ def _is_numeric(values: Any) -> bool:
 
 def ts_ns(ts: pd.Series | pd.DatetimeIndex | Any) -> np.ndarray:
     """UTC nanoseconds since the epoch (int64) of a timestamp column (naive = UTC)."""
-    s = pd.to_datetime(pd.Series(ts) if not isinstance(ts, (pd.Series, pd.DatetimeIndex)) else ts, utc=True)
-    if isinstance(s, pd.Series):
-        arr = s.dt.as_unit("ns").array.asi8 if hasattr(s.dt, "as_unit") else s.array.asi8
+    if not isinstance(ts, (pd.Series, pd.DatetimeIndex)):
+        ts = pd.Series(ts)
+    dtype = ts.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "M"):
+        arr = ts.array  # DatetimeArray: asi8 is UTC-based for tz-aware values
     else:
-        arr = s.as_unit("ns").asi8
-    return np.asarray(arr, dtype=np.int64)
+        arr = pd.to_datetime(ts, utc=True).array
+    if arr.unit != "ns":
+        arr = arr.as_unit("ns")
+    return np.asarray(arr.asi8, dtype=np.int64)
 
 
 def to_utc(ns: np.ndarray | int) -> pd.DatetimeIndex | pd.Timestamp:
@@ -123,13 +127,22 @@ def ema_partial(codes: np.ndarray, t_ns: np.ndarray, x: np.ndarray | None, ref_n
 
 
 def welford_groups(codes: np.ndarray, x: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per group (n, sum, M2) of the values ``x`` (no nulls), two-pass and stable."""
+    """Per group (n, sum, M2) of the values ``x`` (no nulls), two-pass and stable.
+
+    Values are shifted by one value of their own group before summing (the "shifted
+    data" algorithm), so near-constant groups of large values keep M2 ~ 0 even though
+    ``np.bincount`` sums naively.
+    """
     n = np.bincount(codes, minlength=n_groups).astype(np.int64)
-    total = np.bincount(codes, weights=x, minlength=n_groups)
+    ref = np.zeros(n_groups)
+    ref[codes[::-1]] = x[::-1]  # first value of each group (last assignment wins)
+    d = x - ref[codes]
+    sd = np.bincount(codes, weights=d, minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, total / np.maximum(n, 1), 0.0)
-    dev = x - mean[codes]
+        mean_d = np.where(n > 0, sd / np.maximum(n, 1), 0.0)
+    dev = d - mean_d[codes]
     m2 = np.bincount(codes, weights=dev * dev, minlength=n_groups)
+    total = ref * n + sd
     return n, total, m2
 
 

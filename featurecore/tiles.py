@@ -33,6 +33,11 @@ All merge rules are associative and commutative, so any grouping and order of ti
 gives the same result (floating-point sums up to rounding; KLL beyond 200 values up to
 its randomized compaction, within its error bound).
 
+The all-time state is a merged tile restricted to the columns all-time features read
+(``group.tile_columns_for(ALL_TIME)``). Windows are merged nested (the 30d merge starts
+from the 7d merge), so each tile is read once per day. Tiles are plain DataFrames:
+sketches are ``bytes`` (Parquet binary), timestamps ``datetime64[ns, UTC]``.
+
 Fill rules (features of an entity with no matching event in the window): count, sum,
 distinct, active_days, frequency, EMA sum/rate -> 0; mean, std, min, max, last,
 quantile, share, EMA mean, ratio, recency -> NaN. ``std`` is the sample standard
@@ -50,7 +55,7 @@ import pandas as pd
 
 from . import sketches
 from .spec import (
-    ALL_TIME, DERIVED_COLUMNS, DOW_VALUES, HOUR_BUCKETS, OTHER, FeatureDef, FeatureGroup, Stream, Window,
+    ALL_TIME, DERIVED_COLUMNS, DOW_VALUES, HOUR_BUCKETS, NUMERIC_COLUMNS, OTHER, FeatureDef, FeatureGroup, Stream, Window,
     _slug,
 )
 from .streaming import (
@@ -61,12 +66,11 @@ from .timeutil import cutoff, day_key, day_range, day_start, shift_day
 
 NAT = np.iinfo(np.int64).min
 INT_STATS = ("n", "active")
-SUM_STATS = ("n", "sum", "active")
 TS_STATS = ("first_ts", "last_ts")
 
 __all__ = [
     "compute_tile", "merge_tiles", "features_for_day", "state_from_tiles", "empty_tile", "tile_dtypes",
-    "features_from_events", "events_for_day",
+    "features_from_events", "events_for_day", "window_days",
 ]
 
 
@@ -99,6 +103,9 @@ def tile_dtypes(group: FeatureGroup) -> dict[str, str]:
             d[c] = "object"
         else:
             d[c] = "float64"
+    for stream, stats in group.stream_stats().values():
+        if "last" in stats and stream.column in NUMERIC_COLUMNS:
+            d[stream.col("last")] = "float64"
     return d
 
 
@@ -138,7 +145,9 @@ class _Events:
             if isinstance(s.dtype, pd.CategoricalDtype):
                 v = s.array if self.rows is None else s.array[self.rows]
             else:
-                if s.dtype.kind in "iufb":
+                if s.dtype.kind in "iufb" and not isinstance(s.dtype, np.dtype):
+                    v = s.to_numpy(dtype=np.float64, na_value=np.nan)  # nullable Int64/Float64
+                elif s.dtype.kind in "iufb":
                     v = s.to_numpy()
                 elif s.dtype.kind == "M" or isinstance(s.dtype, pd.DatetimeTZDtype):
                     v = ts_ns(s)
@@ -267,13 +276,17 @@ def compute_tile(events: pd.DataFrame, group: FeatureGroup, day: Any) -> pd.Data
     rows = None if m.all() else np.flatnonzero(m)
     t = t_all if rows is None else t_all[rows]
     ev = _Events(events, rows, t)
-    codes, uniq = factorize_keys({k: ev.raw(k) for k in keys}, keys)
+    key_arrays = {}
+    for k in keys:
+        arr = events[k].to_numpy() if isinstance(events[k].dtype, np.dtype) else events[k].array
+        key_arrays[k] = arr if rows is None else arr[rows]
+    codes, uniq = factorize_keys(key_arrays, keys)
     g = len(uniq)
     out: dict[str, Any] = {}
     out["asof"] = np.full(g, end, dtype=np.int64)
     out["event__n"] = np.bincount(codes, minlength=g).astype(np.int64)
     ema_hl = _ema_half_lives(group)
-    categories = group._plan["categories"]
+    categories = group.share_categories()
 
     for label, (stream, stats) in group.stream_stats().items():
         if not all(ev.has(c) for c in stream.inputs):
@@ -389,27 +402,42 @@ def merge_tiles(tiles: Iterable[pd.DataFrame | None], group: FeatureGroup) -> pd
     parts = [t for t in tiles if t is not None]
     if not parts:
         return empty_tile(group)
-    known = [c for c in group.tile_columns]
-    present = [c for c in known if any(c in p.columns for p in parts)]
-    parts = [p[[c for c in keys + present if c in p.columns]] for p in parts]
+    present = [c for c in group.tile_columns if any(c in p.columns for p in parts)]
     nonempty = [p for p in parts if len(p)]
     if len(nonempty) <= 1:
         base = nonempty[0] if nonempty else parts[0]
         res = base.reindex(columns=keys + present)
         return _fix_dtypes(res, group)
-    df = pd.concat(nonempty, ignore_index=True, sort=False)
-    codes, uniq = factorize_keys(df, keys)
+    # Column-wise numpy concatenation: cheaper than pd.concat for wide object (sketch) columns.
+    codes, uniq = factorize_keys({k: pd.concat([p[k] for p in nonempty], ignore_index=True) for k in keys}, keys)
     g = len(uniq)
+    cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def col_of(col: str, kind: str) -> np.ndarray:
+        if (col, kind) not in cache:
+            arrays = []
+            for p in nonempty:
+                if col not in p.columns:
+                    fill = {"ts": NAT, "num": np.nan, "obj": None}[kind]
+                    arrays.append(np.full(len(p), fill, dtype={"ts": np.int64, "num": np.float64,
+                                                                "obj": object}[kind]))
+                elif kind == "ts":
+                    arrays.append(ts_ns(p[col]))
+                elif kind == "num":
+                    arrays.append(p[col].to_numpy(dtype=np.float64, na_value=np.nan))
+                else:
+                    arrays.append(p[col].to_numpy(dtype=object))
+            cache[(col, kind)] = np.concatenate(arrays)
+        return cache[(col, kind)]
+
+    def num(col: str) -> np.ndarray:
+        return col_of(col, "num")
+
     out: dict[str, Any] = {}
-    asof = ts_ns(df["asof"]) if "asof" in df else np.full(len(df), NAT)
+    asof = col_of("asof", "ts") if "asof" in present else np.full(len(codes), NAT, dtype=np.int64)
     ref = asof.max()
     out["asof"] = np.full(g, ref, dtype=np.int64)
     ema_hl = _ema_half_lives(group)
-
-    def num(col: str) -> np.ndarray:
-        return df[col].to_numpy(dtype=np.float64, na_value=np.nan)
-
-    min_cols, max_cols = [], []
     for col in present:
         st = _stat(col)
         if col == "asof":
@@ -419,9 +447,14 @@ def merge_tiles(tiles: Iterable[pd.DataFrame | None], group: FeatureGroup) -> pd
         elif st == "sum":
             out[col] = np.bincount(codes, weights=np.nan_to_num(num(col)), minlength=g)
         elif st in ("min", "max"):
-            (min_cols if st == "min" else max_cols).append(col)
+            v = num(col)
+            ok = ~np.isnan(v)
+            acc = np.full(g, np.inf if st == "min" else -np.inf)
+            (np.minimum if st == "min" else np.maximum).at(acc, codes[ok], v[ok])
+            acc[np.isinf(acc) & (np.bincount(codes[ok], minlength=g) == 0)] = np.nan
+            out[col] = acc
         elif st in TS_STATS:
-            v = ts_ns(df[col])
+            v = col_of(col, "ts")
             if st == "first_ts":
                 v = np.where(v == NAT, np.iinfo(np.int64).max, v)
                 acc = np.full(g, np.iinfo(np.int64).max, dtype=np.int64)
@@ -432,34 +465,25 @@ def merge_tiles(tiles: Iterable[pd.DataFrame | None], group: FeatureGroup) -> pd
                 np.maximum.at(acc, codes, v)
             out[col] = acc
         elif st == "hll":
-            out[col] = sketches.hll_merge_by_group(codes, df[col].to_numpy(dtype=object), g)
+            out[col] = sketches.hll_merge_by_group(codes, col_of(col, "obj"), g)
         elif st == "kll":
-            out[col] = sketches.kll_merge_by_group(codes, df[col].to_numpy(dtype=object), g)
+            out[col] = sketches.kll_merge_by_group(codes, col_of(col, "obj"), g)
         elif st.startswith("ema_") or st.startswith("emaw_"):
             f = decay_factor(asof, ref, ema_hl[col]) if col in ema_hl else 1.0
             out[col] = np.bincount(codes, weights=np.nan_to_num(num(col)) * f, minlength=g)
-    if min_cols:
-        r = df[min_cols].groupby(codes).min().reindex(range(g))
-        for col in min_cols:
-            out[col] = r[col].to_numpy(dtype=np.float64, na_value=np.nan)
-    if max_cols:
-        r = df[max_cols].groupby(codes).max().reindex(range(g))
-        for col in max_cols:
-            out[col] = r[col].to_numpy(dtype=np.float64, na_value=np.nan)
     for col in present:
         st = _stat(col)
         if st == "m2":
             label = col.split("__", 1)[0]
-            n_col, s_col = f"{label}__n", f"{label}__sum"
-            _, _, out[col] = welford_merge_rows(codes, num(n_col), num(s_col), num(col), g)
+            _, _, out[col] = welford_merge_rows(codes, num(f"{label}__n"), num(f"{label}__sum"), num(col), g)
         elif st == "last":
             label = col.split("__", 1)[0]
-            lt = ts_ns(df[f"{label}__last_ts"])
+            lt = col_of(f"{label}__last_ts", "ts")
             tmax = out[f"{label}__last_ts"]
             tie = (lt == tmax[codes]) & (lt != NAT)
-            vals = df[col][tie]
-            r = vals.groupby(codes[tie]).max().reindex(range(g))
-            out[col] = r.to_numpy()
+            numeric = all(p[col].dtype.kind in "iuf" for p in nonempty if col in p.columns)
+            vals = pd.Series(num(col)[tie] if numeric else col_of(col, "obj")[tie])
+            out[col] = vals.groupby(codes[tie]).max().reindex(range(g)).to_numpy()
     res = uniq
     for col in present:
         v = out[col]
@@ -475,7 +499,7 @@ def _fix_dtypes(df: pd.DataFrame, group: FeatureGroup) -> pd.DataFrame:
         if want == "int64" and df[col].dtype != np.int64:
             df[col] = df[col].fillna(0).astype(np.int64)
         elif want == "float64" and df[col].dtype != np.float64:
-            df[col] = df[col].astype(np.float64)
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
         elif want and want.startswith("datetime") and str(df[col].dtype) != want:
             df[col] = pd.to_datetime(df[col], utc=True).dt.as_unit("ns")
     return df
@@ -643,7 +667,7 @@ def _feature_values(f: FeatureDef, a: pd.DataFrame, w: Window, t_cut: pd.Timesta
 
     def num(col: str, fill: float = np.nan) -> np.ndarray:
         v = a[col].to_numpy(dtype=np.float64, na_value=np.nan)
-        return v
+        return v if math.isnan(fill) else np.where(np.isnan(v), fill, v)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         if k == "count":
@@ -692,6 +716,16 @@ def _feature_values(f: FeatureDef, a: pd.DataFrame, w: Window, t_cut: pd.Timesta
 
 
 # --------------------------------------------------------------------------- convenience
+
+
+def window_days(group: FeatureGroup, day: Any) -> list[str]:
+    """Day keys whose tiles the windows of ``day`` read: ``D - max_window + 1 .. D`` (ascending).
+
+    With all-time features the previous day's state is needed as well (not listed here).
+    """
+    n = max(group.max_window_days, 1)
+    return day_range(shift_day(day, -(n - 1)), day_key(day))
+
 
 
 def features_from_events(

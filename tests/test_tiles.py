@@ -8,6 +8,7 @@ reads the declarations (op, column, filter, window), never the engine's code.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 
@@ -21,12 +22,18 @@ from featurecore import sketches
 from featurecore.groups import GROUPS
 from featurecore.spec import ALL_TIME, Aggregation as A, Derived, FeatureGroup, Window
 from featurecore.tiles import (
-    compute_tile, empty_tile, features_for_day, features_from_events, merge_tiles, state_from_tiles,
+    compute_tile, empty_tile, features_for_day, features_from_events, merge_tiles, state_from_tiles, window_days,
 )
 
 BASE = pd.Timestamp("2026-09-01", tz="UTC")
 N_DAYS = 6
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# FEATURECORE_EXAMPLES=20 runs 20x the examples (a deeper search than the default, ~40 s file).
+SCALE = float(os.environ.get("FEATURECORE_EXAMPLES", "1"))
+
+
+def ex(n: int) -> int:
+    return max(1, int(n * SCALE))
 
 
 def day_of(i: int) -> str:
@@ -260,7 +267,7 @@ def run_day_by_day(events: pd.DataFrame, group: FeatureGroup, last_day: int, fir
 # --------------------------------------------------------------------------- the key test
 
 
-@settings(max_examples=14, **SETTINGS)
+@settings(max_examples=ex(25), **SETTINGS)
 @given(events=event_frames(), d=st.integers(0, N_DAYS + 1))
 def test_every_group_matches_brute_force_day_by_day(events, d):
     for group in GROUPS.values():
@@ -306,7 +313,7 @@ def random_group(wdays: list[int], with_all_time: bool) -> FeatureGroup:
     )
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=ex(40), **SETTINGS)
 @given(events=event_frames(), wdays=WINDOW_DAYS, with_all=st.booleans(), d=st.integers(0, N_DAYS + 1))
 def test_random_windows_match_brute_force(events, wdays, with_all, d):
     group = random_group(wdays, with_all)
@@ -335,7 +342,7 @@ def test_events_exactly_at_boundaries():
     assert row["price_sum_7d"] == 5.0 and row["price_sum_all"] == 7.0
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=ex(12), **SETTINGS)
 @given(events=event_frames(), later=event_frames(n_min=1, n_max=10), d=st.integers(0, N_DAYS - 1))
 def test_events_at_or_after_cutoff_never_count(events, later, d):
     """Adding events at or after the cutoff (in the tile input and as future tiles) changes nothing."""
@@ -374,7 +381,7 @@ def assert_tiles_equal(a: pd.DataFrame, b: pd.DataFrame) -> None:
             assert [None if pd.isna(v) else v for v in x] == [None if pd.isna(v) else v for v in y], c
 
 
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=ex(12), **SETTINGS)
 @given(events=event_frames(), seed=st.integers(0, 10**6))
 def test_merge_is_order_and_grouping_independent(events, seed):
     rnd = random.Random(seed)
@@ -393,7 +400,7 @@ def test_merge_is_order_and_grouping_independent(events, seed):
         assert_tiles_equal(ref, merge_tiles([merge_tiles(tiles[:2], group), None, *tiles[2:]], group))
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=ex(10), **SETTINGS)
 @given(events=event_frames(), d=st.integers(1, N_DAYS))
 def test_incremental_state_equals_all_at_once(events, d):
     for group in (GROUPS["user_behavior"], GROUPS["user_temporal"], GROUPS["user_product"]):
@@ -420,28 +427,29 @@ def test_prev_state_from_the_future_is_refused():
 # --------------------------------------------------------------------------- missing columns
 
 
-@settings(max_examples=10, **SETTINGS)
-@given(events=event_frames(), d=st.integers(0, N_DAYS))
-def test_missing_optional_columns_give_nan_features_and_keep_the_rest(events, d):
+DROPS = (["price"], ["category"], ["device_type", "referrer"], ["quantity"], ["product_id"], ["brand", "price"])
+
+
+@settings(max_examples=ex(10), **SETTINGS)
+@given(events=event_frames(), d=st.integers(0, N_DAYS), drop=st.sampled_from(DROPS))
+def test_missing_optional_columns_give_nan_features_and_keep_the_rest(events, d, drop):
+    ev = events.drop(columns=drop)
     for group in GROUPS.values():
+        feats, _, _ = run_day_by_day(ev, group, d)
+        if any(k in drop for k in group.keys):
+            assert len(feats) == 0 and list(feats.columns) == list(group.keys) + ["cutoff"] + group.feature_names()
+            continue
+        assert_features_equal(feats, brute_force(ev, group, day_of(d)), group, ev, day_of(d))
         full, _, _ = run_day_by_day(events, group, d)
-        for drop in (["price"], ["category"], ["device_type", "referrer"], ["quantity"], ["product_id"]):
-            ev = events.drop(columns=drop)
-            feats, _, _ = run_day_by_day(ev, group, d)
-            if any(k in drop for k in group.keys):
-                assert len(feats) == 0 and list(feats.columns) == list(group.keys) + ["cutoff"] + group.feature_names()
+        raw = set(drop) | ({"amount"} if {"price", "quantity"} & set(drop) else set())
+        for f in group.features():
+            if f.kind == "ratio":
                 continue
-            assert_features_equal(feats, brute_force(ev, group, day_of(d)), group, ev, day_of(d))
-            raw = set(drop) | ({"amount"} if {"price", "quantity"} & set(drop) else set())
-            for f in group.features():
-                deps = {c for c, _, _ in (f.source.where or ())} | ({f.source.column} if getattr(
-                    f.source, "column", None) else set())
-                if f.kind == "ratio":
-                    continue
-                if deps & raw:
-                    assert feats[f.name].isna().all(), f.name  # unknown, not 0
-                else:
-                    pd.testing.assert_series_equal(feats[f.name], full[f.name])
+            deps = {c for c, _, _ in (f.source.where or ())} | ({f.source.column} if f.source.column else set())
+            if deps & raw:
+                assert feats[f.name].isna().all(), f.name  # unknown, not 0
+            else:
+                pd.testing.assert_series_equal(feats[f.name], full[f.name])
 
 
 def test_missing_price_documented_behaviour():
@@ -540,6 +548,12 @@ def test_missing_days_are_days_without_events():
     assert f["event_count_3d"].tolist() == [0.0] and f["event_count_7d"].tolist() == [1.0]
     f, _ = features_for_day(tiles, None, g, "2026-09-12")  # window 09-06 .. 09-12: no event
     assert len(f) == 0
+
+
+def test_window_days_lists_the_tiles_a_day_reads():
+    assert window_days(GROUPS["user_behavior"], "2026-09-30") == [day_of(i) for i in range(30)]
+    assert window_days(FeatureGroup("a", aggregations=[A("count", windows=(ALL_TIME,))]), "2026-09-03") == [
+        "2026-09-03"]
 
 
 def test_compute_tile_ignores_other_days_and_null_keys():
