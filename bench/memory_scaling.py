@@ -10,7 +10,8 @@
     declaration with every finite window replaced by 1 day; the all-time recency kept):
     both read tiles only, so a day should cost about the same. Measured as the median
     ``features_range`` seconds per day (read tiles, merge, features, write, schema check)
-    over the last days of the range, each group run alone on one worker.
+    over the last days of the range (the first timed day, which also rebuilds the all-time
+    state from tiles, is left out), each group run alone on one worker.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from featurecore.spec import Aggregation, FeatureGroup
+from featurecore.spec import FeatureGroup
 
 from .common import (
-    Dataset, MemoryWindow, clear_assets, fmt_bytes, fmt_ratio, fmt_seconds, fresh_work_store, table,
+    MemoryWindow, clear_assets, fmt_bytes, fmt_ratio, fmt_seconds, fresh_work_store, table,
     timed,
 )
 from .windowed_features import GROUP, project_backfill
@@ -110,31 +111,26 @@ def run(ctx) -> MemoryScalingResult:
         runs.append(ScalingRun(n, data.events_in(days), t["seconds"], t["memory"]))
         log(f"      {fmt_seconds(t['seconds'])}, peak {fmt_bytes(t['memory'].peak)}")
 
-    # per-day cost: tiles of both groups for the whole range (not timed), then each group's
-    # features over the range in one task, alone on the cluster
-    from featurecore.pipeline import features_range, tile_day
+    # per-day cost: the 90-day run left bench_user's tiles; add bench_user_1d's (not timed),
+    # then each group alone: features_range over the last days in one task. Its first day
+    # also rebuilds the all-time state from the tiles (no stored state), so it is left out.
+    from featurecore.pipeline import features_range, state_asset, tile_day
 
     log("  per-day cost 30d vs 1d windows ...")
     days = data.days[:n_long]
-    clear_assets(store, f"{GROUP.name}_tiles", GROUP.name, f"{GROUP.name}__state")
-    client.gather([client.submit(tile_day, d, [GROUP, GROUP_1D], store, pure=False) for d in days])
-    timed_days = days[-size.per_day_days:]
-    first = timed_days[0]
-    from featurecore.timeutil import shift_day
-
+    client.gather([client.submit(tile_day, d, [GROUP_1D], store, pure=False) for d in days])
+    timed_days = days[-(size.per_day_days + 1):]
     per_day = {}
     for g in (GROUP, GROUP_1D):
-        # the state of the day before the timed days, so the timed task only does the timed days
-        client.submit(features_range, days[: days.index(first)], g, store, days[0], pure=False).result()
+        clear_assets(store, g.name, state_asset(g))
         t0 = time.perf_counter()
         stats = client.submit(features_range, timed_days, g, store, days[0], pure=False).result()
         wall = time.perf_counter() - t0
-        secs = [s["seconds"] for s in stats]
+        secs = [s["seconds"] for s in stats[1:]]
         per_day[g.name] = {
             "windows": ", ".join(w.label for w in g.windows),
             "median": float(np.median(secs)), "mean": float(np.mean(secs)), "days": len(secs), "wall": wall,
         }
-    assert shift_day(first, -1) == days[days.index(first) - 1]
     return MemoryScalingResult(size.name, runs, per_day)
 
 

@@ -16,20 +16,18 @@ import dagster as dg
 import pandas as pd
 
 from featurecore.groups import GROUPS as _GROUPS_BY_NAME
-from featurecore.pipeline import features_range, tile_day, tiles_asset
+from featurecore.pipeline import features_range, plan_chunks, tile_day, tiles_asset
 from featurecore.spec import FeatureGroup
 from featurecore.store import partition_dir, read_partition
 from resources import DaskResource, LandingZone, OfflineStore
 
+from .check_results import Verdict, emit
 from .ingestion import effective_config
 from .metadata import preview, row_count, schema_metadata
 from .partitions import daily_partitions
 
 ENGINE_VERSION = "1"
 GROUPS = list(_GROUPS_BY_NAME.values())
-# Windowed-only groups are split into chunks of days that run in parallel; each chunk
-# re-reads at most one window of tiles at its start.
-CHUNK_DAYS = 15
 
 
 def code_version(group: FeatureGroup) -> str:
@@ -114,12 +112,6 @@ def feature_tiles(context: dg.AssetExecutionContext, dask: DaskResource, landing
         )
 
 
-def _chunks(days: list[str], group: FeatureGroup) -> list[list[str]]:
-    if group.has_all_time:
-        return [days]  # the carried state makes the days a chain
-    return [days[i : i + CHUNK_DAYS] for i in range(0, len(days), CHUNK_DAYS)]
-
-
 @dg.multi_asset(
     name="feature_groups",
     specs=[_group_spec(g) for g in GROUPS],
@@ -143,8 +135,10 @@ def feature_groups(context: dg.AssetExecutionContext, dask: DaskResource, landin
     selected = [g for g in GROUPS if dg.AssetKey(g.name) in context.selected_asset_keys]
     days = list(context.partition_keys)
     t0 = time.perf_counter()
+    # One chunk per worker; each chunk rebuilds its starting all-time state from tiles.
+    n_workers = max(len(dask.client.scheduler_info()["workers"]), 1)
     futures = {
-        g.name: [dask.client.submit(features_range, chunk, g, cfg.store_root, cfg.partition_start, pure=False) for chunk in _chunks(days, g)]
+        g.name: [dask.client.submit(features_range, chunk, g, cfg.store_root, cfg.partition_start, pure=False) for chunk in plan_chunks(days, g, n_workers)]
         for g in selected
     }
     for g in selected:
@@ -172,10 +166,11 @@ def feature_groups(context: dg.AssetExecutionContext, dask: DaskResource, landin
         )
         if dg.AssetCheckKey(dg.AssetKey(g.name), "schema") not in context.selected_asset_check_keys:
             continue
-        yield dg.AssetCheckResult(
-            asset_key=g.name,
-            check_name="schema",
-            passed=not errors,
-            description="ok" if not errors else f"{len(errors)} schema failure(s); first: {errors[0]}",
-            metadata={"failures": dg.MetadataValue.md("\n".join(f"- {e}" for e in errors[:20]) or "none")},
-        )
+        # one evaluation per partition, also in range runs (see check_results.py)
+        per_day = {
+            s["day"]: Verdict(not s["schema_errors"],
+                              "ok" if not s["schema_errors"] else f"{len(s['schema_errors'])} schema failure(s); first: {s['schema_errors'][0]}",
+                              metadata={"failures": dg.MetadataValue.md("\n".join(f"- {e}" for e in s["schema_errors"][:20]) or "none")})
+            for s in stats
+        }
+        yield from emit(context, g.name, "schema", per_day, blocking=True)

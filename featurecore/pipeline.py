@@ -8,6 +8,8 @@ events (tiles) or by a group's largest window of tiles plus its all-time state
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -16,9 +18,12 @@ import numpy as np
 import pandas as pd
 
 from .ingest import read_snapshot
-from .spec import FeatureGroup
-from .store import partition_exists, read_partition, write_partition
-from .tiles import compute_tile, features_for_day, merge_tiles
+from .spec import ALL_TIME, FeatureGroup
+from .store import partition_dir, partition_exists, read_partition, write_partition
+from .tiles import (
+    _select, advance_state, compute_tile, features_from_frames, merge_is_exact, merge_tiles,
+    state_from_tiles,
+)
 from .timeutil import day_range, shift_day, to_day
 
 TILES_SUFFIX = "_tiles"
@@ -59,12 +64,13 @@ def tile_day(day: str, groups: list[FeatureGroup], store_root: str) -> dict:
         t1 = time.perf_counter()
         tile = compute_tile(events, g, day)
         w = write_partition(tile, store_root, tiles_asset(g), day)
+        invalidate_window_artefacts(store_root, g, day)
         out["groups"][g.name] = {"rows": len(tile), "bytes": w["bytes"], "seconds": time.perf_counter() - t1}
     return out
 
 
 class _TileCache:
-    """Rolling cache of a group's tiles so a range reads each tile partition once."""
+    """Cache of a group's tiles so a range reads each tile partition once."""
 
     def __init__(self, store_root: str, group: FeatureGroup):
         self.store_root, self.group = store_root, group
@@ -76,28 +82,240 @@ class _TileCache:
             self.cache[day] = read_partition(self.store_root, name, day) if partition_exists(self.store_root, name, day) else None
         return self.cache[day]
 
+    def prune(self, before: str) -> None:
+        """Forget tiles of days before `before`."""
+        for old in [d for d in self.cache if d < before]:
+            del self.cache[old]
+
     def window(self, day: str) -> dict[str, pd.DataFrame]:
         """Tiles of the days the group's largest window covers at `day` (missing days = no events)."""
         n = max(self.group.max_window_days, 1)
         days = day_range(shift_day(day, -(n - 1)), day)
-        for old in [d for d in self.cache if d < days[0]]:
-            del self.cache[old]
+        self.prune(days[0])
         return {d: t for d in days if (t := self.get(d)) is not None}
 
 
+# --------------------------------------------------------------------------- sliding windows
+#
+# Windows of w > 1 days use the two-stacks / block decomposition for mergeable,
+# non-invertible aggregates. Days are cut into blocks of w days aligned on the epoch
+# (block_start(D) = D - (D mod w), so every run uses the same blocks). Per day
+#   P(D) = merge(tiles block_start(D) .. D)            prefix: P(D-1) (+) tile(D)
+# and, for the days d of a block, computed once in reverse when a later window needs it,
+#   S(d) = merge(tiles d .. block_end(d))              suffix: tile(d) (+) S(d+1)
+# so window(D) = S(D-w+1) (+) P(D), or P(D) when D-w+1 is a block start: O(1) merges per
+# day. P and S are stored as internal artefacts ``<group>__win<w>_prefix`` / ``_suffix``
+# (best-effort caches: missing or unreadable ones are rebuilt from tiles, and
+# ``tile_day`` deletes the ones a rewritten tile makes stale). Because the blocks and
+# the fold orders are fixed, a range run and day-by-day runs give identical frames.
+
+_NONE_MARK = "__no_tiles__"
+
+
+def _epoch_day(day: str) -> int:
+    return to_day(day).toordinal()
+
+
+def block_start(day: str, n: int) -> str:
+    """First day of the n-day block (aligned on the proleptic ordinal) containing `day`."""
+    return shift_day(day, -(_epoch_day(day) % n))
+
+
+def window_artefact(group: FeatureGroup, n: int, kind: str) -> str:
+    """Store name of a group's prefix/suffix aggregates for n-day windows (internal)."""
+    return f"{group.name}__win{n}_{kind}"
+
+
+def _sliding_sizes(group: FeatureGroup) -> list[int]:
+    return sorted({w.n_days for w in group.windows if not w.is_all_time and w.n_days > 1})
+
+
+def invalidate_window_artefacts(store_root: str, group: FeatureGroup, day: str) -> None:
+    """Delete the prefix/suffix aggregates that include the tile of `day` (it was rewritten)."""
+    for n in _sliding_sizes(group):
+        bs = block_start(day, n)
+        be = shift_day(bs, n - 1)
+        for kind, days in (("prefix", day_range(day, be)), ("suffix", day_range(bs, day))):
+            name = window_artefact(group, n, kind)
+            if not (Path(store_root) / name).is_dir():
+                continue
+            for d in days:
+                p = partition_dir(store_root, name, d)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+
+
+def _read_artefact(store_root: str, name: str, day: str):
+    """(found, frame or None)."""
+    if not partition_exists(store_root, name, day):
+        return False, None
+    try:
+        df = read_partition(store_root, name, day)
+    except Exception:  # being replaced by a concurrent writer: rebuild instead
+        return False, None
+    if _NONE_MARK in df.columns:
+        return True, None
+    return True, df
+
+
+def _write_artefact(store_root: str, name: str, day: str, frame: pd.DataFrame | None) -> None:
+    df = frame if frame is not None else pd.DataFrame({_NONE_MARK: pd.Series([], dtype="int8")})
+    try:
+        write_partition(df, store_root, name, day)
+    except OSError:  # a concurrent writer of the same (identical) artefact won
+        pass
+
+
+def _merge_opt(parts: list[pd.DataFrame | None], group: FeatureGroup) -> pd.DataFrame | None:
+    parts = [p for p in parts if p is not None]
+    return merge_tiles(parts, group) if parts else None
+
+
+class _Sliding:
+    """Window frames of a group from tiles via prefix/suffix aggregates (see above)."""
+
+    def __init__(self, store_root: str, group: FeatureGroup, tiles: _TileCache):
+        self.root, self.group, self.tiles = store_root, group, tiles
+        self.finite = [w for w in group.windows if not w.is_all_time]
+        self.P: dict[int, dict[str, pd.DataFrame | None]] = {w.n_days: {} for w in self.finite}
+        self.S: dict[int, dict[str, pd.DataFrame | None]] = {w.n_days: {} for w in self.finite}
+        self.cols = {w.n_days: group.tile_columns_for(w) for w in self.finite}
+        self._new_suffix: set[tuple[int, str]] = set()
+
+    def _tile(self, n: int, day: str) -> pd.DataFrame | None:
+        return _select(self.tiles.get(day), self.group, self.cols[n])
+
+    def prefix(self, n: int, day: str) -> pd.DataFrame | None:
+        cache = self.P[n]
+        if day in cache:
+            return cache[day]
+        name = window_artefact(self.group, n, "prefix")
+        bs = block_start(day, n)
+        chain, d, base = [], day, None
+        while True:
+            if d in cache:
+                base = cache[d]
+                break
+            found, fr = _read_artefact(self.root, name, d)
+            if found:
+                base = cache[d] = fr
+                break
+            chain.append(d)
+            if d == bs:
+                break
+            d = shift_day(d, -1)
+        for d in reversed(chain):
+            prev = None if d == bs else base
+            base = cache[d] = _merge_opt([prev, self._tile(n, d)], self.group)
+        return cache[day]
+
+    def suffix(self, n: int, day: str) -> pd.DataFrame | None:
+        cache = self.S[n]
+        if day in cache:
+            return cache[day]
+        name = window_artefact(self.group, n, "suffix")
+        be = shift_day(block_start(day, n), n - 1)
+        chain, d, base = [], day, None
+        while True:
+            if d in cache:
+                base = cache[d]
+                break
+            found, fr = _read_artefact(self.root, name, d)
+            if found:
+                base = cache[d] = fr
+                break
+            chain.append(d)
+            if d == be:
+                break
+            d = shift_day(d, 1)
+        for d in reversed(chain):
+            nxt = None if d == be else base
+            base = cache[d] = _merge_opt([self._tile(n, d), nxt], self.group)
+            self._new_suffix.add((n, d))
+        return cache[day]
+
+    def frames(self, day: str) -> dict:
+        """Window -> merge of the window's tiles (None: no tile in the window)."""
+        out = {}
+        for w in self.finite:
+            n = w.n_days
+            if n == 1:
+                out[w] = _merge_opt([self._tile(1, day)], self.group)
+                continue
+            p = self.prefix(n, day)
+            start = shift_day(day, -(n - 1))
+            out[w] = p if start == block_start(day, n) else _merge_opt([self.suffix(n, start), p], self.group)
+        return out
+
+    def advance(self, day: str) -> None:
+        """Drop what days after `day` no longer need."""
+        for n in self.P:
+            for d in [d for d in self.P[n] if d < day]:
+                del self.P[n][d]
+            lo = shift_day(day, -(n - 1))
+            for d in [d for d in self.S[n] if d <= lo]:
+                del self.S[n][d]
+        n_max = max((w.n_days for w in self.finite), default=1)
+        self.tiles.prune(shift_day(day, -(2 * n_max)))
+
+    def persist(self, last: str) -> None:
+        """Store what the next days need: P(last) and the suffixes of the days still in a window."""
+        for n in _sliding_sizes(self.group):
+            if last in self.P[n]:
+                _write_artefact(self.root, window_artefact(self.group, n, "prefix"), last, self.P[n][last])
+            lo = shift_day(last, -(n - 1))
+            for (m, d) in sorted(self._new_suffix):
+                if m == n and d > lo and d in self.S[n]:
+                    _write_artefact(self.root, window_artefact(self.group, n, "suffix"), d, self.S[n][d])
+
+
+def _all_time_cols(group: FeatureGroup) -> tuple[str, ...]:
+    return group.tile_columns_for(ALL_TIME)
+
+
 def _rebuild_state(store_root: str, group: FeatureGroup, before: str, start: str) -> pd.DataFrame | None:
-    """All-time state as of the end of day `before`, from the nearest stored state or from tiles."""
+    """All-time state as of the end of day `before`, from the stored state or from tiles.
+
+    From tiles it is identical to carrying the state day by day: groups whose all-time
+    columns merge exactly in any grouping (``tiles.merge_is_exact``) merge every tile at
+    once; the others fold the tiles (restricted to the all-time columns) in day order.
+    """
     if to_day(before) < to_day(start):
         return None
     if partition_exists(store_root, state_asset(group), before):
-        return read_partition(store_root, state_asset(group), before)
-    # No stored state (first run, or a gap): merge every tile since the start, one at a time.
+        try:
+            return read_partition(store_root, state_asset(group), before)
+        except FileNotFoundError:  # being replaced concurrently
+            pass
+    cols = _all_time_cols(group)
+    name = tiles_asset(group)
+    tiles = [_select(read_partition(store_root, name, d), group, cols)
+             for d in day_range(start, before) if partition_exists(store_root, name, d)]
+    if not tiles:
+        return None
+    if merge_is_exact(group, cols):
+        return state_from_tiles(tiles, group)
     state = None
-    for d in day_range(start, before):
-        if partition_exists(store_root, tiles_asset(group), d):
-            tile = read_partition(store_root, tiles_asset(group), d)
-            state = tile if state is None else merge_tiles([state, tile], group)
+    for tile in tiles:
+        state = tile if state is None else merge_tiles([state, tile], group)
     return state
+
+
+def plan_chunks(days: list[str], group: FeatureGroup, n_workers: int) -> list[list[str]]:
+    """Split consecutive `days` into contiguous chunks that `features_range` can run in parallel.
+
+    Every chunk rebuilds what it needs at its start from tiles (all-time state: one merge
+    or a fold of the all-time columns; window prefixes/suffixes: at most two windows of
+    tiles), and the results are identical to one chain. One chunk per worker, but never
+    chunks shorter than the largest window (their start-up would dominate).
+    """
+    if not days:
+        return []
+    n_workers = max(int(n_workers), 1)
+    min_len = max(group.max_window_days, 1)
+    n = max(1, min(n_workers, len(days) // min_len if len(days) >= min_len else 1))
+    size = math.ceil(len(days) / n)
+    return [days[i: i + size] for i in range(0, len(days), size)]
 
 
 def feature_stats(df: pd.DataFrame, group: FeatureGroup) -> dict:
@@ -112,19 +330,29 @@ def feature_stats(df: pd.DataFrame, group: FeatureGroup) -> dict:
 
 
 def features_range(days: list[str], group: FeatureGroup, store_root: str, start: str) -> list[dict]:
-    """Compute feature partitions for consecutive `days`, carrying all-time state day to day."""
+    """Compute feature partitions for consecutive `days`, carrying all-time state day to day.
+
+    Windows come from the sliding prefix/suffix aggregates (O(1) merges per day, also
+    for a single-day run); the starting state and aggregates are read from the store or
+    rebuilt from tiles, so any split of a range into chunks gives identical results.
+    """
     from checks.feature_schemas import validate_features  # pure pandera, no Dagster
 
     cache = _TileCache(store_root, group)
+    sliding = _Sliding(store_root, group, cache)
     state = _rebuild_state(store_root, group, shift_day(days[0], -1), start) if group.has_all_time else None
     stats = []
     for day in days:
         t0 = time.perf_counter()
-        feats, state = features_for_day(cache.window(day), state, group, day)
+        if group.has_all_time:
+            state = advance_state(state, cache.get(day), group, day)
+        feats = features_from_frames(sliding.frames(day), state, group, day)
         w = write_partition(feats, store_root, group.name, day)
         if group.has_all_time and state is not None:
             write_partition(state, store_root, state_asset(group), day)
+        sliding.advance(day)
         s = feature_stats(feats, group)
         s.update(day=day, bytes=w["bytes"], seconds=time.perf_counter() - t0, schema_errors=validate_features(feats, group))
         stats.append(s)
+    sliding.persist(days[-1])
     return stats

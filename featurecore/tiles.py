@@ -69,7 +69,7 @@ INT_STATS = ("n", "active")
 TS_STATS = ("first_ts", "last_ts")
 
 __all__ = [
-    "compute_tile", "merge_tiles", "features_for_day", "state_from_tiles", "empty_tile", "tile_dtypes",
+    "compute_tile", "merge_tiles", "features_for_day", "features_from_frames", "advance_state", "merge_is_exact", "state_from_tiles", "empty_tile", "tile_dtypes",
     "features_from_events", "events_for_day", "window_days",
 ]
 
@@ -512,6 +512,41 @@ def state_from_tiles(tiles: Iterable[pd.DataFrame | None], group: FeatureGroup) 
     return _select(st, group, cols)
 
 
+def advance_state(prev_state: pd.DataFrame | None, tile: pd.DataFrame | None, group: FeatureGroup,
+                  day: Any) -> pd.DataFrame:
+    """All-time state as of ``cutoff(day)``: the state of ``day - 1`` merged with the tile of ``day``."""
+    day = day_key(day)
+    cols = group.tile_columns_for(ALL_TIME)
+    if prev_state is not None and len(prev_state) and "asof" in prev_state:
+        latest = prev_state["asof"].max()
+        if latest > day_start(day):
+            raise ValueError(
+                f"{group.name}: prev_state is as of {latest}, after the start of {day}; "
+                "pass the state returned for the previous day"
+            )
+    parts = [_select(prev_state, group, cols), _select(tile, group, cols)]
+    return _select(merge_tiles(parts, group), group, cols)
+
+
+#: Tile statistics whose merge gives bit-identical results for any grouping of the
+#: tiles as long as their order is kept (integer sums, min/max, timestamps, ``last``;
+#: float ``sum`` too: ``np.bincount`` adds in input order, so one merge of tiles
+#: D1..Dk equals carrying the state day by day). Not: ``m2`` (Chan's update), EMA
+#: (decay per step), sketches (serialized form / randomized compaction).
+ORDER_EXACT_STATS = ("n", "sum", "min", "max", "first_ts", "last_ts", "last", "active")
+
+
+def merge_is_exact(group: FeatureGroup, cols: Iterable[str]) -> bool:
+    """True when merging tiles restricted to ``cols`` at once equals merging them one at a time."""
+    for c in cols:
+        if c in group.keys or c in ("asof", "event__n"):
+            continue
+        st = _stat(c)
+        if st not in ORDER_EXACT_STATS and not st.startswith("cnt_"):
+            return False
+    return True
+
+
 def _select(tile: pd.DataFrame | None, group: FeatureGroup, cols: Iterable[str]) -> pd.DataFrame | None:
     if tile is None:
         return None
@@ -540,24 +575,11 @@ def features_for_day(
     """
     day = day_key(day)
     tiles = {day_key(k): v for k, v in tiles_by_day.items() if v is not None}
-    t_cut = cutoff(day)
-    keys = list(group.keys)
 
-    new_state = None
-    if group.has_all_time:
-        cols = group.tile_columns_for(ALL_TIME)
-        if prev_state is not None and len(prev_state) and "asof" in prev_state:
-            latest = prev_state["asof"].max()
-            if latest > day_start(day):
-                raise ValueError(
-                    f"{group.name}: prev_state is as of {latest}, after the start of {day}; "
-                    "pass the state returned for the previous day"
-                )
-        parts = [_select(prev_state, group, cols), _select(tiles.get(day), group, cols)]
-        new_state = _select(merge_tiles(parts, group), group, cols)
+    new_state = advance_state(prev_state, tiles.get(day), group, day) if group.has_all_time else None
 
     finite = [w for w in group.windows if not w.is_all_time]
-    frames: dict[Window, tuple[pd.DataFrame | None, bool]] = {}
+    frames: dict[Window, pd.DataFrame | None] = {}
     prev_frame, prev_days = None, 0
     for i, w in enumerate(finite):
         # nested windows: the 30d merge starts from the 7d merge plus days D-29 .. D-7
@@ -566,22 +588,44 @@ def features_for_day(
         parts = ([] if prev_frame is None else [_select(prev_frame, group, needed)]) + \
             [_select(tiles[d], group, needed) for d in new_days if d in tiles]
         frame = merge_tiles(parts, group) if parts else None  # None: no tile in the window
-        frames[w] = (frame, frame is not None)
+        frames[w] = frame
         prev_frame, prev_days = frame, w.n_days
-    if group.has_all_time:
-        frames[ALL_TIME] = (new_state, True)
 
+    return features_from_frames(frames, new_state, group, day), new_state
+
+
+def features_from_frames(
+    frames: Mapping[Window, pd.DataFrame | None],
+    new_state: pd.DataFrame | None,
+    group: FeatureGroup,
+    day: Any,
+) -> pd.DataFrame:
+    """Features of partition ``day`` from pre-merged window frames (the shared finalize step).
+
+    ``frames`` maps every finite window of the group to the merge of the tiles of days
+    ``D-w+1 .. D`` (None when no tile of the window exists), however it was obtained
+    (nested merges in ``features_for_day``, sliding prefix/suffix aggregates in
+    ``pipeline``); ``new_state`` is the all-time state as of ``cutoff(day)`` (None for
+    groups without all-time features). A frame may carry extra columns (ignored).
+    """
+    day = day_key(day)
+    t_cut = cutoff(day)
+    keys = list(group.keys)
+    finite = [w for w in group.windows if not w.is_all_time]
+    frames = {w: frames.get(w) for w in finite}
+    if group.has_all_time:
+        frames[ALL_TIME] = new_state
     if group.has_all_time:
         universe = new_state[keys]
-    elif finite and frames[finite[-1]][0] is not None:
-        universe = frames[finite[-1]][0][keys]
+    elif finite and frames[finite[-1]] is not None:
+        universe = frames[finite[-1]][keys]
     else:
         universe = empty_tile(group, [])[keys]
     universe = universe.reset_index(drop=True)
 
     values: dict[str, Any] = {}
     n = len(universe)
-    for w, (frame, _) in frames.items():
+    for w, frame in frames.items():
         defs = [f for f in group.features() if f.window == w and f.kind != "ratio"]
         if defs:
             values.update(_window_features(defs, frame, universe, group, w, t_cut))
@@ -602,7 +646,7 @@ def features_for_day(
         if f.dtype == "object" and out[f.name].dtype != object:
             if pd.api.types.is_float_dtype(out[f.name]) and out[f.name].isna().all():
                 out[f.name] = out[f.name].astype(object)
-    return out, new_state
+    return out
 
 
 _ZERO_FILL = {"count", "sum", "distinct", "active_days", "frequency"}

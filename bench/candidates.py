@@ -1,0 +1,276 @@
+"""Benchmark 4: candidate throughput (entity rows/s) of DFS and tsfresh, one process vs the 2-worker cluster.
+
+For a growing number of entities N (users, a seeded sample of those active in the window),
+each implementation produces and writes the candidates of the N entities — DFS for 4
+weekly cutoffs ending on the last day of the data (a backfill, the asset's real workload;
+one cutoff of the small size is about a second of work, too little to amortise a run's
+fixed cost), tsfresh for the last day's cutoff:
+
+- **one process**: ``dfs.compute`` / ``tsfresh_features.compute`` over all N entities in
+  this process (one ``calculate_feature_matrix`` call per cutoff; one
+  ``extract_features(n_jobs=0)`` call), plus listing the entities and writing the Parquet.
+- **cluster**: ``runner.run_dfs`` / ``runner.run_tsfresh`` on the LocalCluster (2 workers x
+  1 thread), with the assets' default sharding: list entities on a worker, one task per
+  entity shard, all cutoffs submitted at once; each task reads its entities' rows,
+  computes and writes its own part; the client only commits partitions and writes
+  ``_costs.json``.
+- **tsfresh ClusterDaskDistributor** (reference, middle N): tsfresh's own distributor on
+  the same cluster, default chunking, called from this process; results come back through
+  the client and are written here.
+
+Definitions (DFS discovery on a 400-entity sample) and tsfresh parameters are prepared
+once before timing; their cost is reported apart. DFS: default ``DFSConfig`` (depth 3,
+30-day training window). tsfresh: ``EfficientFCParameters``, daily event counts and
+purchase amounts over 28 days (2 series per entity). The cluster output is compared with
+the one-process output (same rows, values equal to 1e-9 relative). "CPU bound" = CPU
+seconds of the computing thread in one process / those of the busiest worker's task
+threads (``time.thread_time``, so Dask's own background threads do not count): the
+speed-up to expect on an idle machine, since wall-clock ratios on a shared machine are noise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featurecore.timeutil import shift_day
+
+from .common import fmt_ratio, fmt_seconds, fresh_work_store, table, timed
+
+SCALES = {
+    "tiny": {"dfs": (50, 150), "tsfresh": (24, 48)},
+    "small": {"dfs": (300, 700, 2000), "tsfresh": (100, 200, 400)},
+    "large": {"dfs": (2000, 5000, 10000), "tsfresh": (250, 500, 1000)},
+}
+TARGET = 1.8
+DFS_CUTOFFS = 4
+
+
+@dataclass
+class Point:
+    """One (family, N) measurement."""
+
+    family: str
+    n: int
+    single_s: float
+    cluster_s: float
+    shards: int
+    agree: bool
+    single_cpu: float = 0.0  # CPU seconds of the computing thread, one-process run
+    worker_cpu: float = 0.0  # CPU seconds of the busiest worker's task thread, cluster run
+    distributor_s: float | None = None
+    label: str = ""  # how the entity rows were made (e.g. "1,000 x 4 cutoffs")
+
+    @property
+    def speedup(self) -> float:
+        """One-process wall seconds / cluster wall seconds."""
+        return self.single_s / self.cluster_s if self.cluster_s > 0 else float("nan")
+
+    @property
+    def cpu_speedup(self) -> float:
+        """One-process CPU time / busiest worker's CPU time: the speed-up on an idle machine, roughly."""
+        return self.single_cpu / self.worker_cpu if self.worker_cpu > 0 else float("nan")
+
+
+@dataclass
+class CandidatesResult:
+    """Every measurement of the benchmark and how to print it."""
+
+    size: str
+    day: str
+    points: list[Point] = field(default_factory=list)
+    prepare: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def top(self, family: str) -> Point:
+        """The largest measurement of a family."""
+        return max((p for p in self.points if p.family == family), key=lambda p: p.n)
+
+    def render(self) -> str:
+        """The result table and notes as text."""
+        rows = []
+        for p in self.points:
+            rows.append([p.family, p.label or f"{p.n:,}", fmt_seconds(p.single_s), f"{p.n / p.single_s:,.1f}", fmt_seconds(p.cluster_s),
+                         f"{p.n / p.cluster_s:,.1f}", fmt_ratio(p.speedup), fmt_ratio(p.cpu_speedup), str(p.shards),
+                         "yes" if p.agree else "NO"])
+            if p.distributor_s:
+                rows.append([f"{p.family} ClusterDaskDistributor", f"{p.n:,}", "", "", fmt_seconds(p.distributor_s),
+                             f"{p.n / p.distributor_s:,.1f}", fmt_ratio(p.single_s / p.distributor_s), "", "-", ""])
+        out = table(["candidates", "entity rows", "1 process", "ent/s", "2 workers", "ent/s", "speed-up", "CPU bound", "shards", "equal"], rows,
+                    title=f"Candidate throughput, last cutoff {self.day} (size={self.size}; target speed-up >= {TARGET}x on 2 workers)")
+        prep = ", ".join(f"{k} {fmt_seconds(v)}" for k, v in self.prepare.items())
+        return out + f"\n  prepared once, not timed above: {prep}\n" + "\n".join(f"  - {n}" for n in self.notes)
+
+
+def _warm(_=None) -> bool:
+    warnings.filterwarnings("ignore")
+    import featuretools  # noqa: F401
+    import tsfresh  # noqa: F401
+
+    import featurecore.candidates.dfs  # noqa: F401
+    import featurecore.candidates.tsfresh_features  # noqa: F401
+    return True
+
+
+def _work_store(data, name: str) -> str:
+    """Fresh work store: raw_events symlinked, users/products ingested from the landing zone (not timed)."""
+    from featurecore.config import load_source_config
+    from featurecore.ingest import ingest_dimension
+
+    store = fresh_work_store(data, name)
+    cfg = replace(load_source_config(), landing_root=data.landing_root, store_root=store, partition_start=data.days[0])
+    for t in ("users", "products"):
+        ingest_dimension(t, cfg)
+    return store
+
+
+def _read_all(store: str, asset: str, day: str, key: str) -> pd.DataFrame:
+    from featurecore.store import read_partition
+
+    return read_partition(store, asset, day).sort_values(key, ignore_index=True)
+
+
+def _equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    if list(a.columns) != list(b.columns) or len(a) != len(b):
+        return False
+    try:
+        pd.testing.assert_frame_equal(a, b, rtol=1e-9, check_dtype=False)
+        return True
+    except AssertionError:
+        return False
+
+
+def _single(store: str, asset: str, day: str, fn) -> tuple[float, float]:
+    """Wall and CPU seconds of fn() (list + compute) and writing its frame as the partition, in this process."""
+    from featurecore.candidates.common import commit_partition, new_token, staging_dir, write_part
+
+    t0, c0 = time.perf_counter(), time.thread_time()
+    df = fn()
+    staging = staging_dir(store, asset, day, new_token())
+    write_part(df, staging, 0)
+    commit_partition(store, asset, day, staging)
+    return time.perf_counter() - t0, time.thread_time() - c0
+
+
+def run(ctx) -> CandidatesResult:
+    """Measure DFS and tsfresh, one process vs the cluster, for each N of the size."""
+    from featurecore.candidates import dfs, runner
+    from featurecore.candidates import tsfresh_features as tsf
+
+    warnings.filterwarnings("ignore")
+    data = ctx.data
+    size = data.size.name
+    scales = SCALES[size]
+    start, day = data.days[0], data.days[-1]
+    res = CandidatesResult(size, day)
+    client = ctx.cluster.fresh(featuretools=True)
+    client.run(_warm)
+    _warm()
+    store = _work_store(data, "candidates")
+    single_store = str(Path(store).parent / "candidates-single")
+    shutil.rmtree(single_store, ignore_errors=True)
+    shutil.copytree(store, single_store, symlinks=True)
+
+    # ---- DFS
+    cfg = dfs.DFSConfig()
+    t0 = time.perf_counter()
+    manifest = client.submit(dfs.discover, store, day, start, cfg, pure=False).result()
+    res.prepare["DFS discovery (400-entity sample)"] = time.perf_counter() - t0
+    shutil.copytree(Path(store) / "_artifacts", Path(single_store) / "_artifacts", dirs_exist_ok=True)
+    everyone = dfs.list_entities(store, day, start, replace(cfg, entities="active"))
+    rng = np.random.default_rng(0)
+    order = list(rng.permutation(np.array(everyone, dtype=object)))
+    ns = sorted({min(n, len(order)) for n in scales["dfs"]})
+    ctx.log(f"  DFS: {len(manifest['features'])} features, {len(everyone):,} active users; N = {ns}")
+    # a weekly backfill of DFS_CUTOFFS cutoffs: the asset's real workload, and enough work per run to amortise
+    # the fixed cost of a run (listing entities, scheduling, committing)
+    days = [shift_day(day, -7 * k) for k in range(DFS_CUTOFFS)][::-1]
+    runner.run_dfs(client, store, [day], start, cfg, only_entities=order[: ns[0]])  # warm the workers (not timed)
+    for n in ns:
+        ents = sorted(order[:n])
+        keep = set(ents)
+        one = one_cpu = 0.0
+        for d in days:
+            w, c = _single(single_store, dfs.ASSET, d, lambda d=d: dfs.compute(
+                single_store, d, start, cfg, manifest, [e for e in dfs.list_entities(single_store, d, start, cfg) if e in keep])[0])
+            one, one_cpu = one + w, one_cpu + c
+        with timed() as t:
+            rep = runner.run_dfs(client, store, days, start, cfg, only_entities=ents)
+        rep.raise_errors()
+        same = all(_equal(_read_all(single_store, dfs.ASSET, d, "user_id"), _read_all(store, dfs.ASSET, d, "user_id")) for d in days)
+        rows = sum(x["entities"] for x in rep.days)
+        res.points.append(Point("DFS", rows, one, t["seconds"], rep.days[-1]["shards"], same, one_cpu, rep.max_worker_cpu,
+                                label=f"{n:,} x {len(days)} cutoffs"))
+        ctx.log(f"    N={n} x {len(days)} cutoffs: 1 process {one:.1f}s, cluster {t['seconds']:.1f}s")
+
+    # ---- tsfresh
+    tcfg = tsf.TsfreshConfig()
+    t0 = time.perf_counter()
+    tman = client.submit(tsf.prepare, store, "tsfresh_candidates", day, start, tcfg, pure=False).result()
+    res.prepare["tsfresh parameters"] = time.perf_counter() - t0
+    shutil.copytree(Path(store) / "_artifacts", Path(single_store) / "_artifacts", dirs_exist_ok=True)
+    active = tsf.list_entities(store, day, start, tcfg.source)
+    order = list(rng.permutation(np.array(active, dtype=object)))
+    ns = sorted({min(n, len(order)) for n in scales["tsfresh"]})
+    ctx.log(f"  tsfresh: {len(tman['features'])} features per entity (2 series x 28 days); N = {ns}")
+    runner.run_tsfresh(client, store, "tsfresh_candidates", [day], start, tcfg, only_entities=order[: min(ns[0], 12)])
+    for i, n in enumerate(ns):
+        ents = sorted(order[:n])
+        one, one_cpu = _single(single_store, "tsfresh_candidates", day, lambda: tsf.compute(
+            single_store, "tsfresh_candidates", day, start, tcfg, tman,
+            [e for e in tsf.list_entities(single_store, day, start, tcfg.source) if e in set(ents)])[0])
+        with timed() as t:
+            rep = runner.run_tsfresh(client, store, "tsfresh_candidates", [day], start, tcfg, only_entities=ents)
+        rep.raise_errors()
+        same = _equal(_read_all(single_store, "tsfresh_candidates", day, "user_id"), _read_all(store, "tsfresh_candidates", day, "user_id"))
+        p = Point("tsfresh", n, one, t["seconds"], rep.days[0]["shards"], same, one_cpu, rep.max_worker_cpu)
+        if i == len(ns) // 2:
+            p.distributor_s = _distributor(client, single_store, day, start, tcfg, ents)
+        res.points.append(p)
+        ctx.log(f"    N={n}: 1 process {one:.1f}s, cluster {t['seconds']:.1f}s")
+    res.notes.append("ent/s = entity rows (entities x cutoffs) / wall seconds, including listing entities, reading the rows "
+                     "and writing Parquet.")
+    res.notes.append("CPU bound = thread CPU seconds of the one-process run / those of the busiest worker's tasks: what the "
+                     "speed-up would be on an idle machine (ignores scheduling latency); on a shared machine (see the "
+                     "load average at the top) the wall-clock speed-up is noise and this column is the better guide.")
+    return res
+
+
+def _distributor(client, store: str, day: str, start: str, cfg, ents: list) -> float:
+    """tsfresh's ClusterDaskDistributor on the same cluster, default chunking, written from this process."""
+    from tsfresh import extract_features
+    from tsfresh.utilities.distribution import ClusterDaskDistributor
+
+    from featurecore.candidates import tsfresh_features as tsf
+
+    t0 = time.perf_counter()
+    rows = tsf.read_rows(store, day, start, cfg.source, ents)
+    series = tsf.build_series(rows, cfg.source, day, ents, start)
+    dist = ClusterDaskDistributor(address=client.scheduler.address)
+    x = extract_features(series, column_id="id", column_sort="t", column_kind="kind", column_value="value",
+                         default_fc_parameters=tsf.resolve_parameters(cfg.parameters, ["x"])["x"], distributor=dist,
+                         disable_progressbar=True)
+    dist.close()
+    x.reset_index().to_parquet(Path(store) / "_distributor.parquet")
+    return time.perf_counter() - t0
+
+
+def summary_rows(r: CandidatesResult) -> list[list[str]]:
+    """Rows for the final summary table: (benchmark, figure, value, target, met)."""
+    rows = []
+    for fam in ("DFS", "tsfresh"):
+        p = r.top(fam)
+        what = p.label or f"N={p.n:,}"
+        rows.append(["4 candidates", f"{fam} 2 workers vs 1 process ({what})", fmt_ratio(p.speedup), f">= {TARGET}x",
+                     "yes" if p.speedup >= TARGET else "NO"])
+        rows.append(["4 candidates", f"{fam} CPU-time bound on the speed-up ({what})", fmt_ratio(p.cpu_speedup), "", ""])
+        rows.append(["4 candidates", f"{fam} entity rows/s, 2 workers ({what})", f"{p.n / p.cluster_s:,.1f}", "", ""])
+    ok = all(p.agree for p in r.points)
+    rows.append(["4 candidates", "cluster output == one-process output", "yes" if ok else "NO", "yes", "yes" if ok else "NO"])
+    return rows
