@@ -1,0 +1,427 @@
+"""Featuretools Deep Feature Synthesis candidates, leakage-free and sharded over entities.
+
+Flow for partition day D (cutoff ``t = D+1 00:00 UTC``):
+
+1. **Discover** (once per configuration version, on a seeded sample of entities): build
+   an EntitySet (users, products, events, and sessions normalised from events), set the
+   interesting values of ``event_type`` from the sample, run ``ft.dfs(features_only=True)``,
+   keep numeric and boolean features, compute them on the sample and drop single-valued,
+   >95%-null and >0.99-correlated ones, cap at ``max_features`` and save the definitions with
+   ``ft.save_features`` under ``<store>/_artifacts/dfs_candidates/<version>/``. The manifest
+   records the EntitySet schema so every shard builds the same one.
+2. **Compute** for all entities: ``calculate_feature_matrix`` per entity shard, each a Dask
+   task that reads its entities' events of the training window and writes its own part.
+
+Time rules: only events with ``ts < t`` are read, and Featuretools is called with
+``include_cutoff_time=False`` and ``training_window = N days`` (rows with
+``t - N days <= ts < t``), so an event exactly at the cutoff never counts even if it got
+into the input. Fill rule: Featuretools returns NaN for ``NUM_UNIQUE`` (and ``NUM_TRUE``)
+over an empty set; top-level count-like features (COUNT, NUM_UNIQUE, NUM_TRUE) are filled
+with 0, every other aggregate (mean, std, min, max, percent_true, …) stays NaN when
+undefined. SUM of an empty set is 0 (Featuretools' own default).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..ingest import read_snapshot
+from ..timeutil import cutoff as cutoff_of
+from .common import (
+    CandidateError, EmptyShardError, artifact_dir, as_candidates, check_columns, config_hash, file_sha, read_window,
+    save_json, source_columns, window_days, worker_name, write_part,
+)
+
+ASSET = "dfs_candidates"
+FAMILY = "dfs"
+PCA_FAMILY = "dfs_pca"
+COUNT_LIKE = {"Count", "NumUnique", "NumTrue"}
+# Events columns the EntitySet may use, with their Woodwork logical types.
+EVENT_TYPES = {"event_type": "Categorical", "product_id": "Categorical", "session_id": "Categorical",
+               "device_type": "Categorical", "referrer": "Categorical",
+               "price": "Double", "quantity": "Double", "amount": "Double"}
+BOOKKEEPING = ("source_file", "row_number")
+_DEFINITIONS_CACHE: dict = {}
+MAX_CATEGORIES = 50  # string attributes with more distinct values are dropped (identifiers, free text)
+
+
+@dataclass(frozen=True)
+class DFSConfig:
+    """What DFS generates and on which data; every field is part of the definitions' version."""
+
+    agg_primitives: tuple[str, ...] = ("count", "sum", "mean", "std", "max", "min", "num_unique", "percent_true")
+    trans_primitives: tuple[str, ...] = ("is_weekend",)
+    where_primitives: tuple[str, ...] = ("count", "sum")
+    max_depth: int = 3  # users <- sessions <- events -> products: depth 3 reaches per-session product aggregates
+    training_window_days: int | None = 30
+    sample_entities: int = 400
+    max_features: int = 200
+    interesting_columns: tuple[str, ...] = ("event_type",)
+    interesting_values: int = 3
+    sessions: bool = True
+    entities: str = "all"  # "all": users snapshot + users with events in the window; "active": the latter only
+    prune_on_sample: bool = True
+    pca_components: int = 0
+    seed: int = 0
+    entity: str = "user_id"
+    source: str = "raw_events"
+
+    def __post_init__(self):
+        if self.entities not in ("all", "active"):
+            raise ValueError(f"DFSConfig.entities={self.entities!r}: expected 'all' or 'active'")
+        if self.training_window_days is not None and self.training_window_days < 1:
+            raise ValueError("DFSConfig.training_window_days must be >= 1 or None (all history)")
+
+    def version(self) -> str:
+        """Version of the feature definitions: a hash of this config and the Featuretools version."""
+        import featuretools as ft
+
+        return config_hash(self, ft.__version__, "dfs-1")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _window(day: str, start: str, cfg: DFSConfig) -> list[str]:
+    return window_days(day, cfg.training_window_days, start)
+
+
+def check_source(store_root: str, day: str, start: str, cfg: DFSConfig) -> None:
+    """Fail early, with the available columns, when the entity column is not in the events."""
+    days = _window(day, start, cfg)
+    cols = source_columns(store_root, cfg.source, days)
+    if cols:
+        check_columns(cfg.source, cols, {"entity": cfg.entity, "time": "ts"})
+
+
+def read_events(store_root: str, day: str, start: str, cfg: DFSConfig, entities: list | None) -> pd.DataFrame:
+    """Events of the training window before the cutoff (only `entities` when given), with `amount`."""
+    cols = [cfg.entity, "ts", *[c for c in EVENT_TYPES if c != "amount"]]
+    avail = source_columns(store_root, cfg.source, _window(day, start, cfg))
+    ev = read_window(store_root, cfg.source, _window(day, start, cfg), [c for c in cols if c in avail],
+                     entity=cfg.entity, entities=entities, before=cutoff_of(day))
+    if "price" in ev.columns and "quantity" in ev.columns:
+        ev["amount"] = ev["price"] * ev["quantity"]
+    return ev
+
+
+def list_entities(store_root: str, day: str, start: str, cfg: DFSConfig) -> list[str]:
+    """Entities of day D: users with events in the window (plus the users snapshot when entities='all')."""
+    check_source(store_root, day, start, cfg)
+    ev = read_window(store_root, cfg.source, _window(day, start, cfg), [cfg.entity], before=cutoff_of(day))
+    ids = set(ev[cfg.entity].dropna().astype(str)) if len(ev) else set()
+    if cfg.entities == "all" and (Path(store_root) / "users" / "snapshot.parquet").is_file():
+        ids |= set(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str))
+    return sorted(ids)
+
+
+def _dimension(store_root: str, table: str) -> pd.DataFrame | None:
+    path = Path(store_root) / table / "snapshot.parquet"
+    return read_snapshot(store_root, table) if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- EntitySet
+
+
+def infer_schema(events: pd.DataFrame, users: pd.DataFrame | None, products: pd.DataFrame | None, cfg: DFSConfig) -> dict:
+    """Which columns (and logical types) the EntitySet uses, decided once on the discovery sample."""
+
+    def attrs(df: pd.DataFrame | None, key: str) -> dict[str, str]:
+        if df is None:
+            return {}
+        out = {}
+        for c in df.columns:
+            if c == key or c in BOOKKEEPING:
+                continue
+            s = df[c]
+            if pd.api.types.is_bool_dtype(s):
+                out[c] = "Boolean"
+            elif pd.api.types.is_numeric_dtype(s):
+                out[c] = "Double"
+            elif s.dtype == object and s.dropna().map(type).eq(str).all() and 0 < s.nunique() <= MAX_CATEGORIES:
+                out[c] = "Categorical"
+            # dates and high-cardinality text are left out: a static snapshot date is not an event time
+        return out
+
+    ev_cols = {c: t for c, t in EVENT_TYPES.items() if c in events.columns and events[c].notna().any()}
+    use_products = products is not None and "product_id" in ev_cols
+    return {
+        "entity": cfg.entity,
+        "events": ev_cols,
+        "users": attrs(users, cfg.entity),
+        "products": attrs(products, "product_id") if use_products else None,
+        "sessions": bool(cfg.sessions and "session_id" in ev_cols),
+    }
+
+
+def build_entityset(events: pd.DataFrame, users: pd.DataFrame | None, products: pd.DataFrame | None,
+                    schema: dict, entities: list):
+    """The EntitySet of one shard with exactly the schema's columns (so saved definitions apply)."""
+    with warnings.catch_warnings():
+        # string keys are typed Unknown by Woodwork and Featuretools aligns child keys to them (a warning each time)
+        warnings.simplefilter("ignore")
+        return _build_entityset(events, users, products, schema, entities)
+
+
+def _build_entityset(events, users, products, schema, entities):
+    import featuretools as ft
+
+    key = schema["entity"]
+    ev_types = schema["events"]
+    ev = pd.DataFrame({"_event": np.arange(len(events), dtype="int64")})
+    ev[key] = events[key].astype(str).to_numpy() if len(events) else pd.Series(dtype=object)
+    # Featuretools compares naive times; everything in the store is UTC.
+    ev["ts"] = pd.to_datetime(events["ts"], utc=True).dt.tz_localize(None).to_numpy() if len(events) else pd.Series(dtype="datetime64[ns]")
+    for c, t in ev_types.items():
+        col = events[c] if c in events.columns else pd.Series(np.nan, index=events.index)
+        ev[c] = col.astype("float64").to_numpy() if t == "Double" else col.astype(object).where(col.notna(), None).to_numpy()
+    if schema["sessions"]:
+        # Events without a session id form a session of their own; the entity is part of the
+        # session key so a session id reused by two entities cannot mix them.
+        missing = ev["session_id"].isna()
+        ev.loc[missing, "session_id"] = "_event_" + ev.loc[missing, "_event"].astype(str)
+        ev["session_id"] = ev[key].astype(str) + "|" + ev["session_id"].astype(str)
+    ev = ev.sort_values(["ts", "_event"], kind="stable").reset_index(drop=True)
+
+    es = ft.EntitySet("candidates")
+    sessions = None
+    if schema["sessions"]:
+        sessions = ev.groupby("session_id", sort=True).agg(**{key: (key, "first"), "session_start": ("ts", "min")}).reset_index()
+        # users -> sessions -> events (no direct users -> events edge): with a diamond Featuretools
+        # only aggregates along the long path and never stacks per-session aggregates.
+        ev = ev.drop(columns=[key])
+    # Every column's logical type is given: Woodwork's inference is most of a small shard's fixed cost.
+    # Keys are "Unknown" (plain identifiers), the type Woodwork gives a string index anyway.
+    fk = {"_event": "Integer", "ts": "Datetime", **({} if schema["sessions"] else {key: "Unknown"})}
+    if schema["sessions"]:
+        fk["session_id"] = "Unknown"
+    if schema["products"] is not None:
+        fk["product_id"] = "Unknown"
+    es.add_dataframe(dataframe_name="events", dataframe=ev, index="_event", time_index="ts",
+                     logical_types={**ev_types, **fk})
+
+    u = pd.DataFrame({key: pd.Series(sorted(set(map(str, entities))), dtype=object)})
+    utypes = schema["users"]
+    if users is not None and utypes:
+        attrs = users[[key, *[c for c in utypes if c in users.columns]]].copy()
+        attrs[key] = attrs[key].astype(str)
+        u = u.merge(attrs.drop_duplicates(key), on=key, how="left")
+    for c, t in utypes.items():
+        if c not in u.columns:
+            u[c] = np.nan
+        if t == "Double":
+            u[c] = u[c].astype("float64")
+    es.add_dataframe(dataframe_name="users", dataframe=u, index=key, logical_types={key: "Unknown", **utypes})
+    if sessions is not None:
+        es.add_dataframe(dataframe_name="sessions", dataframe=sessions, index="session_id", time_index="session_start",
+                         logical_types={"session_id": "Unknown", key: "Unknown", "session_start": "Datetime"})
+        es.add_relationship("users", key, "sessions", key)
+        es.add_relationship("sessions", "session_id", "events", "session_id")
+    else:
+        es.add_relationship("users", key, "events", key)
+
+    ptypes = schema["products"]
+    if ptypes is not None:
+        pids = sorted(set(ev["product_id"].dropna()))
+        p = pd.DataFrame({"product_id": pd.Series(pids, dtype=object)})
+        if products is not None:
+            cols = ["product_id", *[c for c in ptypes if c in products.columns]]
+            p = p.merge(products[cols].assign(product_id=products["product_id"].astype(str)).drop_duplicates("product_id"),
+                        on="product_id", how="left")
+        for c, t in ptypes.items():
+            if c not in p.columns:
+                p[c] = np.nan
+            if t == "Double":
+                p[c] = p[c].astype("float64")
+        es.add_dataframe(dataframe_name="products", dataframe=p, index="product_id", logical_types={"product_id": "Unknown", **ptypes})
+        es.add_relationship("products", "product_id", "events", "product_id")
+
+    return es
+
+
+def _cutoff_frame(entities: list, day: str, key: str) -> pd.DataFrame:
+    return pd.DataFrame({key: sorted(set(map(str, entities))), "time": cutoff_of(day).tz_localize(None)})
+
+
+def feature_matrix(es, features: list, entities: list, day: str, cfg: DFSConfig) -> pd.DataFrame:
+    """`calculate_feature_matrix` at the cutoff of `day` (include_cutoff_time=False), fill rule applied."""
+    import featuretools as ft
+
+    key = cfg.entity
+    ct = _cutoff_frame(entities, day, key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # woodwork/pandas FutureWarnings, "last_time_index is not set"
+        fm = ft.calculate_feature_matrix(
+            features=features, entityset=es, cutoff_time=ct,
+            training_window=None if cfg.training_window_days is None else f"{cfg.training_window_days} days",
+            include_cutoff_time=False, n_jobs=1, verbose=False,
+        )
+    fm = fm.reindex(ct[key])
+    return apply_fill_rule(fm, features)
+
+
+def apply_fill_rule(fm: pd.DataFrame, features: list) -> pd.DataFrame:
+    """Top-level COUNT / NUM_UNIQUE / NUM_TRUE of an empty set -> 0; other aggregates keep NaN."""
+    import featuretools as ft
+
+    fm = fm.copy()
+    for f in features:
+        if isinstance(f, ft.AggregationFeature) and type(f.primitive).__name__ in COUNT_LIKE:
+            for name in f.get_feature_names():
+                fm[name] = pd.to_numeric(fm[name], errors="coerce").fillna(0.0)
+    return fm
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _numeric(f) -> bool:
+    schema = f.column_schema
+    return bool("numeric" in schema.semantic_tags or schema.is_boolean) and f.number_output_features == 1
+
+
+def discover(store_root: str, day: str, start: str, cfg: DFSConfig, entities: list | None = None) -> dict:
+    """Discover definitions on a sample of day D's entities, prune, save them (and PCA); returns the manifest."""
+    import featuretools as ft
+
+    t0 = time.perf_counter()
+    out = artifact_dir(store_root, ASSET, cfg.version())
+    entities = entities if entities is not None else list_entities(store_root, day, start, cfg)
+    if not entities:
+        raise EmptyShardError(f"{ASSET} {day}: no entities to discover features on (no events in the window and no users snapshot)")
+    rng = np.random.default_rng(cfg.seed)
+    sample = sorted(rng.choice(np.array(entities, dtype=object), size=min(cfg.sample_entities, len(entities)), replace=False).tolist())
+    events = read_events(store_root, day, start, cfg, sample)
+    users, products = _dimension(store_root, "users"), _dimension(store_root, "products")
+    schema = infer_schema(events, users, products, cfg)
+    es = build_entityset(events, users, products, schema, sample)
+    interesting = {}
+    for c in cfg.interesting_columns:
+        if c in schema["events"] and len(events):
+            interesting[c] = events[c].dropna().astype(str).value_counts().head(cfg.interesting_values).index.tolist()
+    if interesting:
+        es.add_interesting_values(dataframe_name="events", values=interesting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = ft.dfs(entityset=es, target_dataframe_name="users", agg_primitives=list(cfg.agg_primitives),
+                       trans_primitives=list(cfg.trans_primitives), where_primitives=list(cfg.where_primitives),
+                       max_depth=cfg.max_depth, features_only=True)
+    generated = len(feats)
+    feats = [f for f in feats if _numeric(f)]
+    numeric = len(feats)
+    fm = feature_matrix(es, feats, sample, day, cfg)
+    pruned = {}
+    if cfg.prune_on_sample and len(fm):
+        n = len(feats)
+        fm, feats = ft.selection.remove_single_value_features(fm, features=feats)
+        pruned["single_value"] = n - len(feats)
+        n = len(feats)
+        fm, feats = ft.selection.remove_highly_null_features(fm, features=feats, pct_null_threshold=0.95)
+        pruned["highly_null"] = n - len(feats)
+        n = len(feats)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fm, feats = ft.selection.remove_highly_correlated_features(fm.astype("float64"), features=feats, pct_corr_threshold=0.99)
+        pruned["correlated"] = n - len(feats)
+    capped = max(len(feats) - cfg.max_features, 0)
+    feats = feats[: cfg.max_features]
+    if not feats:
+        raise CandidateError(f"{ASSET} {day}: DFS produced no usable numeric feature on the sample of {len(sample)} entities")
+    out.mkdir(parents=True, exist_ok=True)
+    defs_path = out / "features.json"
+    ft.save_features(feats, str(defs_path))
+    manifest = {
+        "asset": ASSET, "version": cfg.version(), "config": asdict(cfg), "featuretools": ft.__version__,
+        "discovered_on_day": day, "sample_entities": len(sample), "entities_on_day": len(entities),
+        "schema": schema, "interesting_values": interesting, "generated": generated, "numeric": numeric,
+        "pruned_on_sample": pruned, "capped": capped, "features": [f.get_name() for f in feats],
+        "definitions": str(defs_path), "definitions_sha": file_sha(defs_path),
+        "discovery_seconds": round(time.perf_counter() - t0, 3),
+    }
+    if cfg.pca_components > 0:
+        from .reduction import fit_pca, save_pca
+
+        model = fit_pca(fm[[f.get_name() for f in feats]].astype("float64"), cfg.pca_components)
+        save_pca(out / "pca.npz", model)
+        manifest["pca"] = {"path": str(out / "pca.npz"), "components": int(len(model["explained_variance_ratio"])),
+                           "explained_variance_ratio": [round(float(v), 5) for v in model["explained_variance_ratio"]]}
+    save_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_manifest(store_root: str, cfg: DFSConfig) -> dict | None:
+    """The saved manifest of this configuration's definitions, or None when not yet discovered."""
+    path = artifact_dir(store_root, ASSET, cfg.version()) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_definitions(store_root: str, manifest: dict) -> list:
+    """The saved Featuretools feature definitions of a manifest (looked up under this store's artifacts)."""
+    import featuretools as ft
+
+    path = str(artifact_dir(store_root, ASSET, manifest["version"]) / "features.json")
+    key = (path, manifest["definitions_sha"])
+    if key not in _DEFINITIONS_CACHE:
+        # a worker computes many shards with the same definitions: deserialize them once per process
+        _DEFINITIONS_CACHE.clear()
+        _DEFINITIONS_CACHE[key] = ft.load_features(path)
+    return _DEFINITIONS_CACHE[key]
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def compute(store_root: str, day: str, start: str, cfg: DFSConfig, manifest: dict, entities: list,
+            events: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+    """Candidate rows of `entities` at day D's cutoff (pure: returns the frame and per-family seconds)."""
+    if not entities:
+        raise EmptyShardError(f"{ASSET} {day}: empty shard (no entities)")
+    t0 = time.perf_counter()
+    feats = load_definitions(store_root, manifest)
+    if events is None:
+        events = read_events(store_root, day, start, cfg, list(entities))
+    es = build_entityset(events, _dimension(store_root, "users"), _dimension(store_root, "products"), manifest["schema"], entities)
+    fm = feature_matrix(es, feats, entities, day, cfg)
+    keys = pd.DataFrame({cfg.entity: fm.index.astype(str)})
+    seconds = {FAMILY: time.perf_counter() - t0}
+    blocks = [fm[manifest["features"]]]
+    if "pca" in manifest:
+        from .reduction import apply_pca, load_pca
+
+        t1 = time.perf_counter()
+        model = load_pca(artifact_dir(store_root, ASSET, manifest["version"]) / "pca.npz")
+        blocks.append(apply_pca(fm[manifest["features"]].astype("float64"), model, "dfs"))
+        seconds[PCA_FAMILY] = time.perf_counter() - t1
+    return as_candidates(pd.concat(blocks, axis=1), keys, day), seconds
+
+
+def families(manifest: dict) -> dict[str, list[str]]:
+    """Feature names per family for the cost file."""
+    out = {FAMILY: list(manifest["features"])}
+    if "pca" in manifest:
+        out[PCA_FAMILY] = [f"dfs_pc{i:02d}" for i in range(manifest["pca"]["components"])]
+    return out
+
+
+def shard_task(store_root: str, day: str, start: str, cfg: DFSConfig, manifest: dict, entities: list,
+               staging: str, index: int, n_shards: int) -> dict:
+    """Dask task: compute one entity shard and write its part into the staging folder; small stats back."""
+    t0, c0 = time.perf_counter(), time.thread_time()
+    try:
+        df, seconds = compute(store_root, day, start, cfg, manifest, entities)
+        w = write_part(df, Path(staging), index)
+    except CandidateError as exc:
+        raise type(exc)(f"{ASSET} {day} shard {index + 1}/{n_shards}: {exc}") from exc
+    except Exception as exc:
+        raise CandidateError(f"{ASSET} {day} shard {index + 1}/{n_shards} ({len(entities)} entities): {type(exc).__name__}: {exc}") from exc
+    return {"day": day, "shard": index, "entities": len(entities), "rows": w["rows"], "bytes": w["bytes"],
+            "column_bytes": w["column_bytes"], "seconds": seconds, "task_seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.thread_time() - c0, "worker": worker_name(),
+            "null_share": float(df[manifest["features"]].isna().to_numpy().mean()) if len(df) else 0.0}
