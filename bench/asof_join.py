@@ -45,6 +45,8 @@ SIZES = {"tiny": (2_000, 10), "small": (40_000, 40), "large": (120_000, 60)}
 
 @dataclass
 class AsofResult:
+    """Timings, agreement and sizes of one as-of join benchmark run."""
+
     size: str
     label_rows: int
     feature_rows: int
@@ -56,9 +58,11 @@ class AsofResult:
 
     @property
     def ratio(self) -> float:
+        """Project time over DuckDB time (the target figure)."""
         return self.seconds["project"] / self.seconds["duckdb"]
 
     def render(self) -> str:
+        """The result as plain-text tables."""
         rows = [[name, fmt_seconds(s), f"{self.label_rows / s / 1e6:.2f} M/s", fmt_ratio(s / self.seconds['duckdb']),
                  " ".join(fmt_seconds(x) for x in self.runs.get(name, []))]
                 for name, s in self.seconds.items()]
