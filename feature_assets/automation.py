@@ -15,7 +15,8 @@ from .partitions import daily_partitions
 
 daily_job = dg.define_asset_job(
     "daily_features",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("users", "products"),
+    # Labels, training sets and selection cover ranges of label days, not one day: they run in train_and_select.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("users", "products") - dg.AssetSelection.groups("training", "selection"),
     partitions_def=daily_partitions,
     description="Every daily-partitioned asset for one day (or a range, in one run): ingestion, tiles, feature groups.",
 )
