@@ -101,4 +101,6 @@ def test_dagster_range_run_equals_daily_runs(ingested, tmp_path):
             outs[mode] = store
     for name in GROUPS:
         for day in DAYS:
-            pd.testing.assert_frame_equal(read_partition(outs["range"], name, day), read_partition(outs["daily"], name, day), check_exact=True)
+            # A range run splits days into per-worker chunks, so float sums may be added in
+            # another order than day by day: equal to the last ulps, exact for everything else.
+            pd.testing.assert_frame_equal(read_partition(outs["range"], name, day), read_partition(outs["daily"], name, day), check_exact=False, rtol=1e-12, atol=0)
