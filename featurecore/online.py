@@ -226,7 +226,7 @@ class SQLiteBackend:
                 else:
                     # writers (one Dask task per feature set) queue behind each other's transactions
                     c = sqlite3.connect(self.path, timeout=max(self.timeout, 60.0), check_same_thread=False)
-                    c.execute("PRAGMA journal_mode=WAL")
+                    _set_wal(c, max(self.timeout, 60.0))
                     c.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as e:
                 raise StoreUnavailable(f"online store {self.url}: cannot open: {e}") from e
@@ -741,3 +741,17 @@ def get_online_features(feature_set: str | FeatureSet, entities: Sequence[Any], 
     finally:
         if s is not store:
             s.close()
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch a database to WAL, retrying: the switch needs an exclusive lock and ignores the busy
+    timeout, so two writers opening a fresh file at once would otherwise fail at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
