@@ -18,8 +18,7 @@ from featurecore.config import load_source_config
 from featurecore.timeutil import shift_day
 
 # Preview APIs (partitioned checks, backfill policies) warn on every use; the demo output is for people.
-warnings.filterwarnings("ignore", module="dagster")
-warnings.filterwarnings("ignore", category=UserWarning)
+warnings.simplefilter("ignore")
 
 
 def run_demo(days: int, users: int, events_per_day: int, regenerate: bool) -> dict:

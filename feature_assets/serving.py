@@ -11,6 +11,7 @@
   declared groups); mismatch rate per feature.
 """
 
+import math
 import time
 
 import dagster as dg
@@ -21,6 +22,7 @@ from featurecore.online_tasks import materialize_day, skew_check
 from featurecore.recent_items import USER_RECENT_ITEMS, recent_items_range
 from featurecore.served_sets import served_sets
 from featurecore.store import partition_dir, read_partition
+from featurecore.timeutil import shift_day
 from featurecore.streaming_update import streaming_capable_features
 from resources import DaskResource, LandingZone, OfflineStore
 from resources.online_store import OnlineStoreResource
@@ -113,6 +115,11 @@ def online_features(context: dg.AssetExecutionContext, dask: DaskResource, landi
     url = online_store.resolved_url(root)
     sets = served_sets(root)
     t0 = time.perf_counter()
+    # Earlier days of a range run first (upserts, oldest first): an entity missing from the last
+    # day keeps its latest row within the TTL, which is what the training-set as-of join serves.
+    ttl_days = max((math.ceil(t / 86400) for fs in sets for t in fs.ttl_seconds.values()), default=0)
+    for earlier in sorted(d for d in context.partition_keys if shift_day(day, -ttl_days) <= d < day):
+        dask.run_all(materialize_day, sets, earlier, root, url)
     results = dask.run_all(materialize_day, sets, day, root, url)
     wall = time.perf_counter() - t0
     first = next((r for r in results if r["preview"]), None)
