@@ -20,10 +20,10 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 
-from .config import EVENT_OPTIONAL, EVENT_REQUIRED, SourceConfig
+from .config import EVENT_REQUIRED, SourceConfig
 from .contracts import EventSchema, ProductSchema, UserSchema
 from .store import partition_dir, write_partition
-from .timeutil import day_start, shift_day, to_day
+from .timeutil import day_start, to_day
 
 EVENT_COLUMNS = ("event_id", "user_id", "ts", "event_type", "product_id", "price", "quantity",
                  "device_type", "referrer", "session_id")
@@ -369,12 +369,6 @@ def _read_routed(store_root: str, day: str) -> tuple[pd.DataFrame, dict[str, str
     tables = [pq.read_table(f) for f in files]
     digests = {f.stem.removeprefix("from-"): (t.schema.metadata or {}).get(b"digest", b"").decode() for f, t in zip(files, tables)}
     return pa_arrow.concat_tables(tables).to_pandas(), digests
-
-
-def routed_days_pending(store_root: str, day: str) -> list[str]:
-    """Arrival folders whose routed rows feed partition `day` (for lineage metadata)."""
-    folder = partition_dir(store_root, ROUTED_ASSET, day)
-    return sorted(f.stem.removeprefix("from-") for f in folder.glob("from-*.parquet")) if folder.is_dir() else []
 
 
 def ingest_dimension(table: str, cfg: SourceConfig) -> dict:

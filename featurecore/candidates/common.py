@@ -10,6 +10,8 @@ shard, each by the Dask worker that computed it, into a staging folder that repl
 
 from __future__ import annotations
 
+import time
+
 import hashlib
 import json
 import math
@@ -292,3 +294,19 @@ def worker_name() -> str:
 def ceil_div(a: int, b: int) -> int:
     """Integer ceiling of a / b."""
     return int(math.ceil(a / b))
+
+
+def single_part_day(asset: str, day: str, entity: str, staging: str, compute) -> dict:
+    """Run `compute()` -> (frame, seconds) for one day in a Dask task and write it as the staging folder's single part."""
+    t0, c0 = time.perf_counter(), time.thread_time()
+    try:
+        df, seconds = compute()
+        w = write_part(df, Path(staging), 0)
+    except CandidateError:
+        raise
+    except Exception as exc:
+        raise CandidateError(f"{asset} {day}: {type(exc).__name__}: {exc}") from exc
+    return {"day": day, "shard": 0, "entities": int(len(df)), "rows": w["rows"], "bytes": w["bytes"],
+            "column_bytes": w["column_bytes"], "seconds": seconds, "task_seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.thread_time() - c0, "worker": worker_name(),
+            "null_share": float(df.drop(columns=[entity, "cutoff"]).isna().to_numpy().mean()) if len(df) and df.shape[1] > 2 else 0.0}

@@ -28,8 +28,8 @@ import pandas as pd
 from ..ingest import read_snapshot
 from ..timeutil import cutoff as cutoff_of
 from .common import (
-    CandidateError, artifact_dir, as_candidates, config_hash, read_window, save_json, source_columns, window_days,
-    worker_name, write_part,
+    CandidateError, artifact_dir, as_candidates, config_hash, read_window, save_json, single_part_day, source_columns,
+    window_days,
 )
 from .reduction import hash_bags
 
@@ -146,15 +146,4 @@ def compute(store_root: str, day: str, start: str, cfg: EncodingConfig, plan: di
 
 def day_task(store_root: str, day: str, start: str, cfg: EncodingConfig, plan: dict, staging: str) -> dict:
     """Dask task: compute one day and write it as the staging folder's single part."""
-    t0, c0 = time.perf_counter(), time.thread_time()
-    try:
-        df, seconds = compute(store_root, day, start, cfg, plan)
-        w = write_part(df, Path(staging), 0)
-    except CandidateError:
-        raise
-    except Exception as exc:
-        raise CandidateError(f"{ASSET} {day}: {type(exc).__name__}: {exc}") from exc
-    return {"day": day, "shard": 0, "entities": int(len(df)), "rows": w["rows"], "bytes": w["bytes"],
-            "column_bytes": w["column_bytes"], "seconds": seconds, "task_seconds": time.perf_counter() - t0,
-            "cpu_seconds": time.thread_time() - c0, "worker": worker_name(),
-            "null_share": float(df.drop(columns=[cfg.entity, "cutoff"]).isna().to_numpy().mean()) if len(df) else 0.0}
+    return single_part_day(ASSET, day, cfg.entity, staging, lambda: compute(store_root, day, start, cfg, plan))

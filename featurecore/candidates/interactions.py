@@ -34,7 +34,7 @@ import pandas as pd
 
 from ..ingest import read_snapshot
 from ..store import partition_exists, read_partition
-from .common import CandidateError, artifact_dir, as_candidates, config_hash, save_json, worker_name, write_part
+from .common import CandidateError, artifact_dir, as_candidates, config_hash, save_json, single_part_day
 
 ASSET = "interaction_candidates"
 UNARY = ("log1p", "sqrt", "square", "reciprocal")
@@ -273,15 +273,4 @@ def families(plan: dict) -> dict[str, list[str]]:
 
 def day_task(store_root: str, day: str, cfg: InteractionConfig, plan: dict, staging: str) -> dict:
     """Dask task: compute one day and write it as the staging folder's single part."""
-    t0, c0 = time.perf_counter(), time.thread_time()
-    try:
-        df, seconds = compute(store_root, day, cfg, plan)
-        w = write_part(df, Path(staging), 0)
-    except CandidateError:
-        raise
-    except Exception as exc:
-        raise CandidateError(f"{ASSET} {day}: {type(exc).__name__}: {exc}") from exc
-    return {"day": day, "shard": 0, "entities": int(len(df)), "rows": w["rows"], "bytes": w["bytes"],
-            "column_bytes": w["column_bytes"], "seconds": seconds, "task_seconds": time.perf_counter() - t0,
-            "cpu_seconds": time.thread_time() - c0, "worker": worker_name(),
-            "null_share": float(df.drop(columns=[cfg.entity, "cutoff"]).isna().to_numpy().mean()) if len(df) and df.shape[1] > 2 else 0.0}
+    return single_part_day(ASSET, day, cfg.entity, staging, lambda: compute(store_root, day, cfg, plan))
