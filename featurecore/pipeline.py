@@ -44,9 +44,9 @@ def load_events(store_root: str, day: str, groups: list[FeatureGroup]) -> pd.Dat
     """One day of raw_events with only the columns the groups read, enriched with product attributes."""
     need = {c for g in groups for c in g.required_columns} | {"ts", "event_type"}
     enrich = sorted({c for g in groups for c in g.enrich})
-    raw_cols = [c for c in need if c not in enrich]
-    events = read_partition(store_root, "raw_events", day)
-    events = events[[c for c in events.columns if c in raw_cols or c in ("product_id",)]]
+    raw_cols = {c for c in need if c not in enrich} | ({"product_id"} if enrich else set())
+    # read only the columns the groups use (raw_events has wide string columns)
+    events = read_partition(store_root, "raw_events", day, columns=sorted(raw_cols))
     if enrich:
         products = read_snapshot(store_root, "products")
         cols = ["product_id", *[c for c in enrich if c in products.columns]]
@@ -249,8 +249,9 @@ class _Sliding:
 
     def advance(self, day: str) -> None:
         """Drop what days after `day` no longer need."""
+        keep_from = shift_day(day, -1)  # P(day - 1) is persisted with P(day)
         for n in self.P:
-            for d in [d for d in self.P[n] if d < day]:
+            for d in [d for d in self.P[n] if d < keep_from]:
                 del self.P[n][d]
             lo = shift_day(day, -(n - 1))
             for d in [d for d in self.S[n] if d <= lo]:
@@ -259,10 +260,15 @@ class _Sliding:
         self.tiles.prune(shift_day(day, -(2 * n_max)))
 
     def persist(self, last: str) -> None:
-        """Store what the next days need: P(last) and the suffixes of the days still in a window."""
+        """Store what the next days need: P(last) and the suffixes of the days still in a window.
+
+        P(last - 1) is stored too, so re-running the latest day (a late file, a retry)
+        stays O(1) instead of re-folding its block from tiles.
+        """
         for n in _sliding_sizes(self.group):
-            if last in self.P[n]:
-                _write_artefact(self.root, window_artefact(self.group, n, "prefix"), last, self.P[n][last])
+            for d in (shift_day(last, -1), last):
+                if d in self.P[n]:
+                    _write_artefact(self.root, window_artefact(self.group, n, "prefix"), d, self.P[n][d])
             lo = shift_day(last, -(n - 1))
             for (m, d) in sorted(self._new_suffix):
                 if m == n and d > lo and d in self.S[n]:
@@ -289,7 +295,8 @@ def _rebuild_state(store_root: str, group: FeatureGroup, before: str, start: str
             pass
     cols = _all_time_cols(group)
     name = tiles_asset(group)
-    tiles = [_select(read_partition(store_root, name, d), group, cols)
+    read_cols = list(group.keys) + [c for c in cols if c not in group.keys]
+    tiles = [_select(read_partition(store_root, name, d, columns=read_cols), group, cols)
              for d in day_range(start, before) if partition_exists(store_root, name, d)]
     if not tiles:
         return None

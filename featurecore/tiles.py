@@ -23,7 +23,8 @@ one) and ``event__n`` (all events of the entity), then per stream ``<label>__<st
   ``sumsq = m2 + sum^2/n``) [Chan et al.]; ``min`` [min]; ``max`` [max];
 - ``first_ts`` / ``last_ts`` [min / max]; ``last`` the value at the greatest
   ``(ts, value)`` [value of the row with the greatest (last_ts, last)];
-- ``hll`` / ``kll`` serialized DataSketches bytes or None [union / merge];
+- ``hll`` / ``kll`` serialized sketch bytes (``sketches``: vectorised HLL, DataSketches KLL)
+  or None [union / merge];
 - ``active`` 1 when the entity has a matching event that day [sum: active days];
 - ``cnt_<category>`` events with ``column == category`` [sum];
 - ``ema_hl<h>`` / ``emaw_hl<h>`` decayed sum / weight at ``asof`` [decay every row to
@@ -31,7 +32,8 @@ one) and ``event__n`` (all events of the entity), then per stream ``<label>__<st
 
 All merge rules are associative and commutative, so any grouping and order of tiles
 gives the same result (floating-point sums up to rounding; KLL beyond 200 values up to
-its randomized compaction, within its error bound).
+its randomized compaction, within its error bound; HLL unions are exact set
+unions / register maxima, identical for any grouping).
 
 The all-time state is a merged tile restricted to the columns all-time features read
 (``group.tile_columns_for(ALL_TIME)``). Windows are merged nested (the 30d merge starts
@@ -531,9 +533,10 @@ def advance_state(prev_state: pd.DataFrame | None, tile: pd.DataFrame | None, gr
 #: Tile statistics whose merge gives bit-identical results for any grouping of the
 #: tiles as long as their order is kept (integer sums, min/max, timestamps, ``last``;
 #: float ``sum`` too: ``np.bincount`` adds in input order, so one merge of tiles
-#: D1..Dk equals carrying the state day by day). Not: ``m2`` (Chan's update), EMA
-#: (decay per step), sketches (serialized form / randomized compaction).
-ORDER_EXACT_STATS = ("n", "sum", "min", "max", "first_ts", "last_ts", "last", "active")
+#: D1..Dk equals carrying the state day by day; ``hll``: a set union / register max,
+#: canonical bytes). Not: ``m2`` (Chan's update), EMA (decay per step), KLL
+#: (randomized compaction).
+ORDER_EXACT_STATS = ("n", "sum", "min", "max", "first_ts", "last_ts", "last", "active", "hll")
 
 
 def merge_is_exact(group: FeatureGroup, cols: Iterable[str]) -> bool:
