@@ -65,6 +65,7 @@ def tile_day(day: str, groups: list[FeatureGroup], store_root: str) -> dict:
         tile = compute_tile(events, g, day)
         w = write_partition(tile, store_root, tiles_asset(g), day)
         invalidate_window_artefacts(store_root, g, day)
+        invalidate_state_from(store_root, g, day)
         out["groups"][g.name] = {"rows": len(tile), "bytes": w["bytes"], "seconds": time.perf_counter() - t1}
     return out
 
@@ -143,6 +144,21 @@ def invalidate_window_artefacts(store_root: str, group: FeatureGroup, day: str) 
                 p = partition_dir(store_root, name, d)
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
+
+
+def invalidate_state_from(store_root: str, group: FeatureGroup, day: str) -> None:
+    """Delete the carried all-time state of `day` and later days: it includes the rewritten tile.
+
+    A late file re-tiles an old day; the next feature run then rebuilds its starting state
+    from tiles instead of carrying a state that misses the late events forever.
+    """
+    folder = Path(store_root) / state_asset(group)
+    if not folder.is_dir():
+        return
+    cut = f"date={to_day(day).isoformat()}"
+    for p in folder.iterdir():
+        if p.name.startswith("date=") and p.name >= cut:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _read_artefact(store_root: str, name: str, day: str):

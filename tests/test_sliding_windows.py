@@ -12,6 +12,7 @@ bit-identical to each other.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -208,3 +209,52 @@ def test_one_shot_state_equals_carried_state_for_exact_groups(world):
             tiles.append(t)
             carried = advance_state(carried, t, g2, d)
     pd.testing.assert_frame_equal(state_from_tiles(tiles, g2), carried, check_exact=True)
+
+
+def test_late_tile_invalidates_later_state(tmp_path):
+    """A late file re-tiles an old day: later days' carried all-time state is dropped, so the
+    next incremental day equals a full recomputation that includes the late events."""
+    from featurecore.pipeline import tile_day
+
+    g = GROUPS[0]
+    ev = _events(11)
+    day_no = (ev["ts"].astype("int64") // (86400 * 10**9)).to_numpy()
+
+    def write_raw(store, frame):
+        dn = (frame["ts"].astype("int64") // (86400 * 10**9)).to_numpy()
+        for d in DAYS:
+            part = frame.iloc[np.flatnonzero(dn == pd.Timestamp(d, tz="UTC").value // (86400 * 10**9))]
+            if len(part):
+                write_partition(part.reset_index(drop=True), store, "raw_events", d)
+
+    late_day = DAYS[8]
+    late = pd.DataFrame({"user_id": ["u1"], "ts": [pd.Timestamp(late_day, tz="UTC") + pd.Timedelta(hours=23)],
+                         "event_type": ["purchase"], "product_id": ["p1"], "price": [77.0], "quantity": [1.0],
+                         "device_type": ["tablet"]})
+    inc = str(tmp_path / "incremental")
+    write_raw(inc, ev)
+    for d in DAYS:
+        if (Path(inc) / "raw_events" / f"date={d}").is_dir():
+            tile_day(d, [g], inc)
+    features_range(DAYS[:-1], g, inc, START)
+    assert (Path(inc) / state_asset(g) / f"date={DAYS[-2]}").is_dir()
+    write_raw(inc, pd.concat([ev, late], ignore_index=True))  # the late file lands in its day
+    tile_day(late_day, [g], inc)
+    left = sorted(p.name for p in (Path(inc) / state_asset(g)).iterdir())
+    assert left and max(left) < f"date={late_day}"  # state of the late day and after is gone
+    if (Path(inc) / "raw_events" / f"date={DAYS[-1]}").is_dir():
+        tile_day(DAYS[-1], [g], inc)
+    features_range([DAYS[-1]], g, inc, START)
+
+    full = str(tmp_path / "full")
+    write_raw(full, pd.concat([ev, late], ignore_index=True))
+    for d in DAYS:
+        if (Path(full) / "raw_events" / f"date={d}").is_dir():
+            tile_day(d, [g], full)
+    features_range(DAYS, g, full, START)
+    _assert_close(_read(inc, g, [DAYS[-1]]), _read(full, g, [DAYS[-1]]), g)
+    allev = pd.concat([ev, late], ignore_index=True)
+    p = allev[(allev.user_id == "u1") & (allev.event_type == "purchase")]
+    expected = float((p.price * p.quantity).sum())
+    got = _read(inc, g, [DAYS[-1]]).set_index("user_id").loc["u1", "purchase_amount_sum_all"]
+    assert got == pytest.approx(expected) and expected >= 77.0
