@@ -196,6 +196,7 @@ class _Sliding:
         self.P: dict[int, dict[str, pd.DataFrame | None]] = {w.n_days: {} for w in self.finite}
         self.S: dict[int, dict[str, pd.DataFrame | None]] = {w.n_days: {} for w in self.finite}
         self.cols = {w.n_days: group.tile_columns_for(w) for w in self.finite}
+        self.exact = {n: merge_is_exact(group, cols) for n, cols in self.cols.items()}
         self._new_suffix: set[tuple[int, str]] = set()
 
     def _tile(self, n: int, day: str) -> pd.DataFrame | None:
@@ -220,9 +221,16 @@ class _Sliding:
             if d == bs:
                 break
             d = shift_day(d, -1)
-        for d in reversed(chain):
-            prev = None if d == bs else base
-            base = cache[d] = _merge_opt([prev, self._tile(n, d)], self.group)
+        asc = chain[::-1]
+        if asc and asc[0] == bs:
+            base = None
+        if len(asc) > 2 and self.exact[n]:
+            # one merge of the tiles up to day-1 (identical to the fold for these columns:
+            # tiles.merge_is_exact), then P(day) = P(day-1) (+) tile(day)
+            base = cache[asc[-2]] = _merge_opt([base] + [self._tile(n, d) for d in asc[:-1]], self.group)
+            asc = asc[-1:]
+        for d in asc:
+            base = cache[d] = _merge_opt([base, self._tile(n, d)], self.group)
         return cache[day]
 
     def suffix(self, n: int, day: str) -> pd.DataFrame | None:
@@ -244,9 +252,18 @@ class _Sliding:
             if d == be:
                 break
             d = shift_day(d, 1)
-        for d in reversed(chain):
-            nxt = None if d == be else base
-            base = cache[d] = _merge_opt([self._tile(n, d), nxt], self.group)
+        desc = chain[::-1]  # from the block end (or the found suffix) down to `day`
+        if desc and desc[0] == be:
+            base = None
+        if len(desc) > 2 and self.exact[n]:
+            # S(day+1) in one merge of the tiles in descending day order: float addition is
+            # commutative, so ((S(d0) + t(d0-1)) + ...) + t(day+1) is bit-identical to the
+            # right fold t(day+1) + (... + (t(d0-1) + S(d0))) for these columns
+            base = cache[desc[-2]] = _merge_opt([base] + [self._tile(n, d) for d in desc[:-1]], self.group)
+            self._new_suffix.add((n, desc[-2]))
+            desc = desc[-1:]
+        for d in desc:
+            base = cache[d] = _merge_opt([self._tile(n, d), base], self.group)
             self._new_suffix.add((n, d))
         return cache[day]
 
