@@ -66,6 +66,7 @@ class Point:
     worker_cpu: float = 0.0  # CPU seconds of the busiest worker's task thread, cluster run
     distributor_s: float | None = None
     label: str = ""  # how the entity rows were made (e.g. "1,000 x 4 cutoffs")
+    runs: list[float] = field(default_factory=list)  # speed-up of each repeated run (largest N)
 
     @property
     def speedup(self) -> float:
@@ -98,11 +99,11 @@ class CandidatesResult:
         for p in self.points:
             rows.append([p.family, p.label or f"{p.n:,}", fmt_seconds(p.single_s), f"{p.n / p.single_s:,.1f}", fmt_seconds(p.cluster_s),
                          f"{p.n / p.cluster_s:,.1f}", fmt_ratio(p.speedup), fmt_ratio(p.cpu_speedup), str(p.shards),
-                         "yes" if p.agree else "NO"])
+                         "yes" if p.agree else "NO", ", ".join(fmt_ratio(r) for r in p.runs)])
             if p.distributor_s:
                 rows.append([f"{p.family} ClusterDaskDistributor", f"{p.n:,}", "", "", fmt_seconds(p.distributor_s),
-                             f"{p.n / p.distributor_s:,.1f}", fmt_ratio(p.single_s / p.distributor_s), "", "-", ""])
-        out = table(["candidates", "entity rows", "1 process", "ent/s", "2 workers", "ent/s", "speed-up", "CPU bound", "shards", "equal"], rows,
+                             f"{p.n / p.distributor_s:,.1f}", fmt_ratio(p.single_s / p.distributor_s), "", "-", "", ""])
+        out = table(["candidates", "entity rows", "1 process", "ent/s", "2 workers", "ent/s", "speed-up", "CPU bound", "shards", "equal", "runs"], rows,
                     title=f"Candidate throughput, last cutoff {self.day} (size={self.size}; target speed-up >= {TARGET}x on 2 workers)")
         prep = ", ".join(f"{k} {fmt_seconds(v)}" for k, v in self.prepare.items())
         return out + f"\n  prepared once, not timed above: {prep}\n" + "\n".join(f"  - {n}" for n in self.notes)
@@ -169,6 +170,7 @@ def run(ctx) -> CandidatesResult:
     scales = SCALES[size]
     start, day = data.days[0], data.days[-1]
     res = CandidatesResult(size, day)
+    repeats = data.size.repeats
     client = ctx.cluster.fresh(featuretools=True)
     client.run(_warm)
     _warm()
@@ -192,8 +194,7 @@ def run(ctx) -> CandidatesResult:
     # the fixed cost of a run (listing entities, scheduling, committing)
     days = [shift_day(day, -7 * k) for k in range(DFS_CUTOFFS)][::-1]
     runner.run_dfs(client, store, [day], start, cfg, only_entities=order[: ns[0]])  # warm the workers (not timed)
-    for n in ns:
-        ents = sorted(order[:n])
+    def dfs_pair(ents: list) -> tuple[float, float, float, object]:
         keep = set(ents)
         one = one_cpu = 0.0
         for d in days:
@@ -203,11 +204,16 @@ def run(ctx) -> CandidatesResult:
         with timed() as t:
             rep = runner.run_dfs(client, store, days, start, cfg, only_entities=ents)
         rep.raise_errors()
+        return one, one_cpu, t["seconds"], rep
+
+    for n in ns:
+        ents = sorted(order[:n])
+        one, one_cpu, cl, rep, runs = _repeated(dfs_pair, ents, repeats if n == ns[-1] else 1)
         same = all(_equal(_read_all(single_store, dfs.ASSET, d, "user_id"), _read_all(store, dfs.ASSET, d, "user_id")) for d in days)
         rows = sum(x["entities"] for x in rep.days)
-        res.points.append(Point("DFS", rows, one, t["seconds"], rep.days[-1]["shards"], same, one_cpu, rep.max_worker_cpu,
-                                label=f"{n:,} x {len(days)} cutoffs"))
-        ctx.log(f"    N={n} x {len(days)} cutoffs: 1 process {one:.1f}s, cluster {t['seconds']:.1f}s")
+        res.points.append(Point("DFS", rows, one, cl, rep.days[-1]["shards"], same, one_cpu, rep.max_worker_cpu,
+                                label=f"{n:,} x {len(days)} cutoffs", runs=runs))
+        ctx.log(f"    N={n} x {len(days)} cutoffs: 1 process {one:.1f}s, cluster {cl:.1f}s")
 
     # ---- tsfresh
     tcfg = tsf.TsfreshConfig()
@@ -220,26 +226,42 @@ def run(ctx) -> CandidatesResult:
     ns = sorted({min(n, len(order)) for n in scales["tsfresh"]})
     ctx.log(f"  tsfresh: {len(tman['features'])} features per entity (2 series x 28 days); N = {ns}")
     runner.run_tsfresh(client, store, "tsfresh_candidates", [day], start, tcfg, only_entities=order[: min(ns[0], 12)])
-    for i, n in enumerate(ns):
-        ents = sorted(order[:n])
+    def tsfresh_pair(ents: list) -> tuple[float, float, float, object]:
         one, one_cpu = _single(single_store, "tsfresh_candidates", day, lambda: tsf.compute(
             single_store, "tsfresh_candidates", day, start, tcfg, tman,
             [e for e in tsf.list_entities(single_store, day, start, tcfg.source) if e in set(ents)])[0])
         with timed() as t:
             rep = runner.run_tsfresh(client, store, "tsfresh_candidates", [day], start, tcfg, only_entities=ents)
         rep.raise_errors()
+        return one, one_cpu, t["seconds"], rep
+
+    for i, n in enumerate(ns):
+        ents = sorted(order[:n])
+        one, one_cpu, cl, rep, runs = _repeated(tsfresh_pair, ents, repeats if n == ns[-1] else 1)
         same = _equal(_read_all(single_store, "tsfresh_candidates", day, "user_id"), _read_all(store, "tsfresh_candidates", day, "user_id"))
-        p = Point("tsfresh", n, one, t["seconds"], rep.days[0]["shards"], same, one_cpu, rep.max_worker_cpu)
+        p = Point("tsfresh", n, one, cl, rep.days[0]["shards"], same, one_cpu, rep.max_worker_cpu, runs=runs)
         if i == len(ns) // 2:
             p.distributor_s = _distributor(client, single_store, day, start, tcfg, ents)
         res.points.append(p)
-        ctx.log(f"    N={n}: 1 process {one:.1f}s, cluster {t['seconds']:.1f}s")
+        ctx.log(f"    N={n}: 1 process {one:.1f}s, cluster {cl:.1f}s")
+    if repeats > 1:
+        res.notes.append(f"the largest N of each family is measured {repeats} times (one process, then the cluster, in "
+                         "turn): medians are shown, every run's speed-up is listed under 'runs'.")
     res.notes.append("ent/s = entity rows (entities x cutoffs) / wall seconds, including listing entities, reading the rows "
                      "and writing Parquet.")
     res.notes.append("CPU bound = thread CPU seconds of the one-process run / those of the busiest worker's tasks: what the "
                      "speed-up would be on an idle machine (ignores scheduling latency); on a shared machine (see the "
                      "load average at the top) the wall-clock speed-up is noise and this column is the better guide.")
     return res
+
+
+def _repeated(pair, ents: list, repeats: int):
+    """Run a (one process, cluster) pair `repeats` times; medians of each and every run's speed-up."""
+    runs = [pair(ents) for _ in range(max(repeats, 1))]
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    one, one_cpu, cl = med([r[0] for r in runs]), med([r[1] for r in runs]), med([r[2] for r in runs])
+    speedups = [r[0] / r[2] for r in runs] if len(runs) > 1 else []
+    return one, one_cpu, cl, runs[-1][3], speedups
 
 
 def _distributor(client, store: str, day: str, start: str, cfg, ents: list) -> float:
