@@ -252,18 +252,11 @@ class _Sliding:
             if d == be:
                 break
             d = shift_day(d, 1)
-        desc = chain[::-1]  # from the block end (or the found suffix) down to `day`
-        if desc and desc[0] == be:
-            base = None
-        if len(desc) > 2 and self.exact[n]:
-            # S(day+1) in one merge of the tiles in descending day order: float addition is
-            # commutative, so ((S(d0) + t(d0-1)) + ...) + t(day+1) is bit-identical to the
-            # right fold t(day+1) + (... + (t(d0-1) + S(d0))) for these columns
-            base = cache[desc[-2]] = _merge_opt([base] + [self._tile(n, d) for d in desc[:-1]], self.group)
-            self._new_suffix.add((n, desc[-2]))
-            desc = desc[-1:]
-        for d in desc:
-            base = cache[d] = _merge_opt([self._tile(n, d), base], self.group)
+        # every S(d) of the chain is kept: later days of this run and later runs read them
+        # (unlike prefixes, where only P(day - 1) is needed again)
+        for d in reversed(chain):
+            nxt = None if d == be else base
+            base = cache[d] = _merge_opt([self._tile(n, d), nxt], self.group)
             self._new_suffix.add((n, d))
         return cache[day]
 
