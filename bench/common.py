@@ -192,11 +192,13 @@ class Cluster:
         self.fresh()
 
     def fresh(self, featuretools: bool = False):
-        from distributed import Client, LocalCluster
+        from distributed import Client
+
+        from resources.local_cluster import start_local_cluster
 
         self.close()
-        self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=self.threads_per_worker,
-                                    processes=True, dashboard_address=":0")
+        self.cluster = start_local_cluster(self.n_workers, self.threads_per_worker, memory_limit=None,
+                                           dashboard_address=":0")
         self.client = Client(self.cluster)
         self.client.run(_warm_imports, featuretools)
         return self.client

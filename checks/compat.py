@@ -14,19 +14,21 @@ two cases apart:
 Fingerprints (`checks.layout.feature_fingerprints`) hash what determines a feature's
 values (kind, window, filter, column, parameters, dtype, inputs of ratios), not its name
 or description. Publishers record them with `with_provenance` (``info["source_versions"]``
-and ``info["definitions"]``); for a version published without them the check compares
-dtypes and descriptions only and says so.
+and ``info["definitions"]``), taking the layouts from `store_layouts` (groups, candidate
+assets and static snapshots as the store holds them); for a version published without
+them the check compares dtypes and descriptions only and says so.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Mapping
+from pathlib import Path
+from typing import Iterable, Mapping
 
 from featurecore.feature_sets import FeatureSet
 
-from .layout import FeatureLayout
+from .layout import FeatureInfo, FeatureLayout, layout_of_frame, layout_of_group
 
 _NUMERIC_WIDENING = {
     "float64": {"float64", "float32", "int64", "int32", "int16", "int8", "bool"},
@@ -62,6 +64,51 @@ def provenance(fs: FeatureSet, layouts: Mapping[str, FeatureLayout]) -> dict:
 def with_provenance(fs: FeatureSet, layouts: Mapping[str, FeatureLayout]) -> FeatureSet:
     """A copy of `fs` whose info carries the current source versions and feature fingerprints."""
     return replace(fs, info={**fs.info, **provenance(fs, layouts)})
+
+
+STATIC_VERSION = "snapshot"
+
+
+def store_layouts(store_root: str, sources: Iterable[str], keys: Iterable[str]) -> dict[str, FeatureLayout]:
+    """Current layouts of feature-set sources as the store holds them (sources it does not hold are left out).
+
+    Declared groups: their declaration (``layout_of_group``). Day-partitioned assets without
+    a declaration (candidate assets): names and dtypes of the newest partition, version
+    "1" and the dtype as fingerprint, as the ``feature_set_compat`` check builds them from
+    profiles, so a publisher and the check agree. Static snapshots (``users``,
+    ``users_wide``): the served dtype (dates become float64 days, as the training join
+    serves them) and the stored Arrow type as fingerprint, so a retyped attribute is caught.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from featurecore.groups import GROUPS
+    from featurecore.training import SNAPSHOT, source_days
+
+    keys = tuple(keys)
+    out: dict[str, FeatureLayout] = {}
+    for src in sources:
+        if src in GROUPS:
+            out[src] = layout_of_group(GROUPS[src])
+            continue
+        snap = Path(store_root) / src / SNAPSHOT
+        if snap.is_file():
+            feats = []
+            for f in pq.read_schema(snap):
+                if f.name in keys:
+                    continue
+                t = f.type
+                served = "float64" if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                                       or pa.types.is_date(t) or pa.types.is_timestamp(t)) else "object"
+                feats.append(FeatureInfo(f.name, served, fingerprint=str(t)))
+            out[src] = FeatureLayout(src, keys, tuple(feats), STATIC_VERSION, strict=False)
+            continue
+        days = source_days(store_root, src)
+        files = sorted((Path(store_root) / src / f"date={days[-1]}").glob("*.parquet")) if days else []
+        if files:
+            empty = pq.read_schema(files[0]).empty_table().to_pandas()
+            out[src] = layout_of_frame(src, keys, empty, guess_kinds=False)
+    return out
 
 
 def compat_findings(fs: FeatureSet, layouts: Mapping[str, FeatureLayout], sources: list[str] | None = None) -> list[dict]:

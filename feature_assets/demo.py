@@ -37,7 +37,7 @@ def run_demo(days: int, users: int, events_per_day: int, regenerate: bool) -> di
         print(f"generated demo data: {summary}")
     from .selection_demo import ensure_wide_table, print_selection, run_selection_step
 
-    ensure_wide_table(landing, demo_cfg)  # a landing zone from before the wide table existed
+    ensure_wide_table(landing, demo_cfg)  # a landing zone without the wide table, or from an older generator
     gen_s = time.perf_counter() - t0
     start, end = cfg.partition_start, shift_day(cfg.partition_start, days - 1)
 

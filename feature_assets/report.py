@@ -180,7 +180,7 @@ def dropped_table(result: dict, families: dict[str, str], limit: int = 400) -> s
 
 
 def family_table(result: dict, fam_costs: dict[str, dict]) -> str:
-    """Per family: features kept, joint permutation value, leave-one-out CV gain, and compute cost."""
+    """Per family: features kept, joint permutation value, leave-one-out CV gain, measured and decision cost."""
     fams = sorted(set(fam_costs) | set(result["family_value"]))
     kept: dict[str, int] = {}
     for c, f in result.get("families_of_selected", {}).items():
@@ -189,6 +189,7 @@ def family_table(result: dict, fam_costs: dict[str, dict]) -> str:
              "joint permutation value": round(result["family_value"].get(f, float("nan")), 4),
              "CV gain (selected minus family)": round(result["family_gain"].get(f, float("nan")), 4),
              "compute s/day": round(fam_costs.get(f, {}).get("seconds_per_day", 0.0), 3),
+             "decision s/day (recorded)": round(result.get("family_costs_used", {}).get(f, 0.0), 3),
              "MiB/day": round(fam_costs.get(f, {}).get("bytes_per_day", 0.0) / 2**20, 3),
              "decision": result["dropped_families"].get(f, "kept" if kept.get(f) else "-")} for f in fams]
     return pd.DataFrame(rows).to_markdown(index=False)

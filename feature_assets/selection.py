@@ -26,17 +26,18 @@ from typing import Optional
 import dagster as dg
 import pandas as pd
 
+from checks.compat import store_layouts, with_provenance
 from featurecore.attributes import has_static_table, ingest_static_table
 from featurecore.feature_sets import FeatureSet, demo_feature_set, load as load_feature_set
 from featurecore.groups import GROUPS
 from featurecore.labels import LabelSpec, build_labels, has_supplied_labels, read_manifest as read_labels_manifest
 from featurecore.profiling import profile_source
 from featurecore.selection import (
-    SelectionConfig, candidate_feature_set, family_of, feature_costs, feature_families, publish, run_selection,
-    selected_feature_set,
+    SelectionConfig, candidate_feature_set, decision_costs, family_of, feature_costs, feature_families, publish,
+    run_selection, selected_feature_set,
 )
 from featurecore.timeutil import shift_day
-from featurecore.training import build_training_set, read_manifest, source_days, source_version, training_dir
+from featurecore.training import build_training_set, is_static, read_manifest, source_days, source_version, training_dir
 from resources import DaskResource, LandingZone, OfflineStore
 
 from . import report
@@ -89,6 +90,7 @@ class SelectionRunConfig(dg.Config):
     corr_threshold: float = SelectionConfig.corr_threshold
     n_folds: int = SelectionConfig.n_folds
     max_rows: int = SelectionConfig.max_rows
+    remeasure_costs: bool = False  # record this run's timings as the cost basis (decisions otherwise reuse the recorded one)
 
     def selection_config(self) -> SelectionConfig:
         """The pure-code configuration."""
@@ -346,19 +348,28 @@ def feature_selection(context: dg.AssetExecutionContext, config: SelectionRunCon
     start, end = man["start"], man["end"]
     baseline = [f.qualified for f in cand.features if f.source in GROUPS]
     families = feature_families(root, cand)
+    # Measured costs are reported; decisions use the recorded cost basis, so this run's timings cannot change them.
     costs, fam_costs = feature_costs(root, cand, start, end, group_seconds_per_day(context.instance, cand.sources))
+    versions = {s: "static" if is_static(root, s) else source_version(root, s) for s in cand.sources}
+    decision = decision_costs(root, {q: c["seconds_per_day"] for q, c in costs.items()}, families, versions,
+                              remeasure=config.remeasure_costs)
+    if decision["recorded"]:
+        context.log.info(f"cost basis recorded for {len(decision['recorded'])} famil(ies): {', '.join(decision['recorded'])}")
     delay_days = math.ceil((man["labels"].get("delay_seconds") or 0) / 86_400)
     t0 = time.perf_counter()
     result = run_selection(
         dask.client, root, CANDIDATE_SET, man["columns"]["features"], baseline, ENTITY_KEYS[0], delay_days,
-        costs={q: c["seconds_per_day"] for q, c in costs.items()}, families=families,
-        family_costs={f: c["seconds_per_day"] for f, c in fam_costs.items()}, cfg=config.selection_config())
+        costs=decision["features"], families=families, family_costs=decision["families"], cfg=config.selection_config())
     result["families_of_selected"] = {c: family_of(c, families) for c in result["selected"]}
     fs = selected_feature_set(cand, result, costs, families, name=config.name, extra_info={
         "label": man["labels"], "training_set": man["name"], "date_range": [start, end],
-        "source_versions": {s: source_version(root, s) for s in cand.sources},
+        "source_details": {s: source_version(root, s) for s in cand.sources},
+        "cost_basis": decision["basis"],
+        "decision_costs": {"families": decision["families"],
+                           "features": {c: decision["features"].get(c, 0.0) for c in result["selected"]}},
     })
-    fs = publish(fs, root)
+    # Fingerprints of every source's definitions, so later consumers detect incompatible upstream changes.
+    fs = publish(with_provenance(fs, store_layouts(root, fs.sources, fs.entity_keys)), root)
     cv = result["cv"]
     gain = cv["selected"]["mean"] - cv["baseline"]["mean"]
     context.log.info(f"published {fs.name} v{fs.version}: {len(fs.features)} of {len(cand.features)} features, "
@@ -367,6 +378,7 @@ def feature_selection(context: dg.AssetExecutionContext, config: SelectionRunCon
     sel_rows = [{"feature": c, "family": families.get(c), "importance": round(imp["permutation"].get(c, 0.0), 5),
                  "q-value": f"{result['screen']['qvalue'].get(c, float('nan')):.2g}",
                  "s/day": round(costs.get(c, {}).get("seconds_per_day", 0.0), 4),
+                 "decision s/day": round(decision["features"].get(c, 0.0), 4),
                  "description": next((f.description for f in fs.features if f.qualified == c), "")} for c in result["selected"]]
     fold_rows = [{"config": k, "features": v["features"], **{f"fold {i + 1}": round(x, 4) for i, x in enumerate(v["folds"])},
                   "mean": round(v["mean"], 4)} for k, v in cv.items()]
@@ -379,6 +391,9 @@ def feature_selection(context: dg.AssetExecutionContext, config: SelectionRunCon
         "cv_gain": round(gain, 4),
         "selected_cost_seconds_per_day": round(fs.info["cost"]["seconds_per_day"], 3),
         "baseline_cost_seconds_per_day": round(sum(costs.get(c, {}).get("seconds_per_day", 0.0) for c in baseline), 3),
+        # the same totals by the recorded cost basis: what decided, and the same on every run
+        "selected_decision_seconds_per_day": round(sum(decision["features"].get(c, 0.0) for c in result["selected"]), 3),
+        "baseline_decision_seconds_per_day": round(sum(decision["features"].get(c, 0.0) for c in baseline), 3),
         "importance_plot": dg.MetadataValue.md(report.importance_plot(result)),
         "metric_with_and_without_each_family": dg.MetadataValue.md(report.ablation_plot(result)),
         "cv_folds": _md_table(fold_rows),
@@ -389,6 +404,7 @@ def feature_selection(context: dg.AssetExecutionContext, config: SelectionRunCon
         "label_days": f"{start} .. {end}", "rows": result["frame"]["rows"],
         "selection_seconds": round(time.perf_counter() - t0, 2),
         "selection_timings": dg.MetadataValue.json(result["timings"]),
+        "cost_basis_recorded": ", ".join(decision["recorded"]) or "none (reused the recorded basis)",
     })
 
 

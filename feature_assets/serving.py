@@ -5,7 +5,9 @@
 - `online_features` [daily]: writes the latest feature rows of every served feature set
   (`featurecore.served_sets`: the defaults plus every published set) into the online
   store (SQLite by default, Redis when configured), one Dask task per set. A range run
-  writes only its last day: earlier days would be superseded at once.
+  writes only its last day: earlier days would be superseded at once. Static sources of
+  a set (`users`, `users_wide` snapshots) are written for every snapshot entity with the
+  day's cutoff and the training join's values at that time.
 - `online_offline_skew` check: for a sample of entities, the online lookup at the day's
   cutoff against the offline value (the training-set as-of rule, recomputed from tiles for
   declared groups); mismatch rate per feature.

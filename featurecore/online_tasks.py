@@ -18,6 +18,7 @@ from .feature_sets import FeatureSet
 from .online import EXPIRED, MISSING, PRESENT, entity_dict, entity_ids, iso, open_store, redact, to_ns
 from .store import partition_exists, read_partition
 from .timeutil import cutoff
+from .training import is_static, static_rows
 
 FLOAT_RTOL = 1e-9
 # HLL/KLL estimates depend on how sketches were grouped when merged (the batch path merges
@@ -27,11 +28,26 @@ SKETCH_RTOL = 0.05
 
 
 def read_source_day(store_root: str, fs: FeatureSet, source: str, day: str) -> pd.DataFrame | None:
-    """The set's columns (keys, cutoff, features) of one source partition, or None when it does not exist."""
+    """The set's columns (keys, cutoff, features) of one source partition, or None when it does not exist.
+
+    A static source (``<store>/<source>/snapshot.parquet``, e.g. ``users_wide``) has no
+    partitions: every entity of its snapshot is a row of the day, with the day's cutoff
+    and the values the training join serves at that time (``training.static_values``).
+    """
+    if is_static(store_root, source):
+        return static_frame(store_root, fs, source, int(cutoff(day).value))
     if not partition_exists(store_root, source, day):
         return None
     cols = [*fs.entity_keys, "cutoff", *fs.features_of(source)]
     return read_partition(store_root, source, day, columns=cols)
+
+
+def static_frame(store_root: str, fs: FeatureSet, source: str, at_ns: int) -> pd.DataFrame:
+    """A static source's rows for `fs` as served at `at_ns`: keys, ``cutoff`` = `at_ns`, features."""
+    keys = tuple(fs.entity_keys)
+    df = static_rows(store_root, source, keys, fs.features_of(source), at_ns).to_pandas()
+    df.insert(len(keys), "cutoff", pd.Timestamp(at_ns, tz="UTC"))
+    return df
 
 
 def materialize_day(fs: FeatureSet, day: str, store_root: str, url: str, preview_rows: int = 5,
@@ -100,12 +116,20 @@ def offline_asof(store_root: str, fs: FeatureSet, entities: list[str], at: Any) 
     Per source, the latest partition ``P`` with ``cutoff(P) <= at`` that holds the
     entity, as long as ``at - cutoff(P) <= TTL``; an entity without such a row is absent
     (the as-of join gives nulls). Scans partitions newest first and stops at the TTL.
+    A static source gives its snapshot row as served at ``at`` (cutoff None).
     """
     at_ns = to_ns(at)
     out: dict[str, dict[str, tuple]] = {}
     for source in fs.sources:
         ttl = fs.ttl(source)
         feats = fs.features_of(source)
+        if is_static(store_root, source):  # joined on the keys alone, at any time (training.static_values)
+            df = static_frame(store_root, fs, source, at_ns)
+            ids = entity_ids(df, fs.entity_keys)
+            want = set(entities)
+            out[source] = {eid: (None, list(row)) for eid, row in zip(ids, df[feats].itertuples(index=False, name=None))
+                           if eid in want}
+            continue
         remaining = set(entities)
         found: dict[str, tuple] = {}
         for d in reversed(_existing_days(store_root, source)):
@@ -190,7 +214,7 @@ def values_equal(a: Any, b: Any, rtol: float = FLOAT_RTOL) -> bool:
 def _recompute(store_root: str, fs: FeatureSet, offline: dict[str, dict[str, tuple]]) -> int:
     """Replace as-of rows of declared groups by their recomputation from tiles (in place); rows recomputed.
 
-    Approximate kinds (KLL quantiles) keep the stored value: a second merge may differ.
+    Approximate kinds (KLL quantiles) keep the stored value: a merge grouped differently may differ.
     """
     from .groups import GROUPS
     from .streaming_update import APPROXIMATE_KINDS, feature_kinds
@@ -243,6 +267,10 @@ def skew_check(fs: FeatureSet, day: str, store_root: str, url: str, *, sample: i
         if partition_exists(store_root, source, day):
             df = read_partition(store_root, source, day, columns=list(fs.entity_keys))
             ents.update(entity_ids(df, fs.entity_keys))
+    if not ents:  # a set of static sources only: their snapshots are the population
+        for source in fs.sources:
+            if is_static(store_root, source):
+                ents.update(entity_ids(static_frame(store_root, fs, source, at_ns), fs.entity_keys))
     population = sorted(ents)
     rng = np.random.default_rng(seed)
     chosen = [population[i] for i in sorted(rng.choice(len(population), size=min(sample, len(population)),

@@ -35,8 +35,11 @@ Pipeline (each heavy step is a Dask task; the caller only handles the small dict
    ``min_importance + cost_weight * seconds_per_day``, so a costly feature must earn
    more. A family whose joint drop does not exceed
    ``min_family_gain + family_cost_weight * family seconds_per_day`` is dropped whole
-   (static attributes cost nothing per day). Costs enter decisions rounded to
-   half-decades (``quantize_cost``), so timing jitter between runs does not flip them.
+   (static attributes cost nothing per day). Decisions never see a timing of the current
+   run: each family's seconds per day are recorded the first time it is measured
+   (``decision_costs``, ``<store>/_selection/cost_basis.json``) and reused until its source
+   version changes, then rounded to half-decades (``quantize_cost``). Measured seconds are
+   still reported.
 4. **validation** (``cv_config``, one task per configuration): time-split CV, expanding
    windows, ``n_folds`` validation windows at the end of the range. Models train on
    selection entities and validate on validation entities. It compares the selected set
@@ -446,10 +449,62 @@ def cv_config(fr: Frame, cols: list[str], folds: list[dict], cfg: SelectionConfi
 
 
 def quantize_cost(seconds: float) -> float:
-    """Round a measured cost to a half-decade (0.1, 0.316, 1, 3.16 ...), so timing jitter does not flip decisions."""
+    """Round a cost to a half-decade (0.1, 0.316, 1, 3.16 ...): decisions compare cost tiers, not digits."""
     if not seconds or seconds <= 0 or not np.isfinite(seconds):
         return 0.0
     return float(10 ** (round(2 * np.log10(seconds)) / 2))
+
+
+COST_BASIS = Path("_selection") / "cost_basis.json"
+
+
+def read_cost_basis(store_root: str) -> dict[str, dict]:
+    """The recorded per-family cost basis of a store ({} when none is recorded)."""
+    path = Path(store_root) / COST_BASIS
+    return json.loads(path.read_text())["families"] if path.is_file() else {}
+
+
+def decision_costs(store_root: str, feature_seconds: dict[str, float], families: dict[str, str],
+                   source_versions: dict[str, str], remeasure: bool = False, record: bool = True) -> dict:
+    """The costs selection decides with: per family, the seconds/day recorded when it was first measured.
+
+    Measured seconds move with the machine's load (the demo's group timings varied 2.3x
+    between two runs, which crossed half-decade steps for 166 of 679 candidates). So the
+    first measurement of a family is recorded in ``<store>/_selection/cost_basis.json``
+    with its source's version and reused by every later selection. A family is measured
+    again only when its source version changes (a new group version, new candidate
+    artifacts) or with ``remeasure``. Per feature: the family's recorded seconds spread
+    over its features in this candidate set; both rounded with ``quantize_cost``.
+    Returns ``features`` and ``families`` (decision costs), ``basis`` (the entries used)
+    and ``recorded`` (families measured by this call).
+    """
+    measured: dict[str, float] = {}
+    size: dict[str, int] = {}
+    for q, sec in feature_seconds.items():
+        fam = family_of(q, families)
+        measured[fam] = measured.get(fam, 0.0) + float(sec or 0.0)
+        size[fam] = size.get(fam, 0) + 1
+    basis = read_cost_basis(store_root)
+    recorded = []
+    stamp = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
+    for fam in sorted(measured):
+        version = str(source_versions.get(fam.split(":", 1)[0], ""))
+        old = basis.get(fam)
+        if remeasure or old is None or old.get("source_version") != version:
+            basis[fam] = {"seconds_per_day": measured[fam], "source_version": version, "recorded_at": stamp,
+                          "features_when_recorded": size[fam]}
+            recorded.append(fam)
+    if recorded and record:
+        path = Path(store_root) / COST_BASIS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"families": dict(sorted(basis.items()))}, indent=1))
+        tmp.replace(path)
+    fam_cost = {fam: quantize_cost(basis[fam]["seconds_per_day"]) for fam in measured}
+    feat_cost = {q: quantize_cost(basis[family_of(q, families)]["seconds_per_day"] / size[family_of(q, families)])
+                 for q in feature_seconds}
+    return {"features": feat_cost, "families": fam_cost, "basis": {f: basis[f] for f in sorted(measured)},
+            "recorded": recorded}
 
 
 def family_of(col: str, families: dict[str, str]) -> str:
@@ -542,7 +597,7 @@ def run_selection(client, store_root: str, training_set: str, features: list[str
         timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 3)
 
     families = families or {}
-    # Measured seconds vary run to run; decisions use half-decade steps so a fixed seed gives a fixed result.
+    # Callers pass recorded costs (``decision_costs``), never this run's timings; half-decade steps on top.
     costs = {k: quantize_cost(v) for k, v in (costs or {}).items()}
     family_costs = {k: quantize_cost(v) for k, v in (family_costs or {}).items()}
     fr = client.submit(load_frame, store_root, training_set, features, entity_key, cfg, pure=False)
@@ -589,7 +644,7 @@ def run_selection(client, store_root: str, training_set: str, features: list[str
     return {
         "selected": selected, "dropped": dropped, "screen": scr, "importance": imp, "pairs": pairs, "folds": folds,
         "cv": cv, "configs": {k: len(v) for k, v in configs.items()}, "family_gain": fam_gain, "dropped_families": dropped_fams,
-        "family_value": imp["family"],
+        "family_value": imp["family"], "family_costs_used": family_costs,
         "baseline": baseline, "metric_name": imp["metric_name"], "frame": summary, "config": asdict(cfg),
         "seconds": time.perf_counter() - t0, "timings": timings,
     }

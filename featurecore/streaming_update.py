@@ -38,8 +38,8 @@ features of a ``RecentItems`` source (last-N lists). Of these, the kinds in
 last, share numerators, active days, frequency, recency, distinct counts and last-N
 lists; up to floating-point summation order (relative 1e-9) for sums, means, std, EMAs
 and ratios of sums, because a day's tile is a merge of micro-batch tiles rather than one
-pass. ``quantile`` (KLL) is recomputed but only approximately equal (KLL compaction is
-randomized beyond 200 values; within its rank error). Sources that are not declared
+pass. ``quantile`` (KLL) is recomputed but only approximately equal beyond 200 values
+(KLL compactions depend on how values were grouped into merges; within its rank error). Sources that are not declared
 groups or RecentItems (e.g. candidate assets) are batch-only: their online rows change
 only with the daily materialization.
 """

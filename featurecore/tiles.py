@@ -32,8 +32,8 @@ one) and ``event__n`` (all events of the entity), then per stream ``<label>__<st
 
 All merge rules are associative and commutative, so any grouping and order of tiles
 gives the same result (floating-point sums up to rounding; KLL beyond 200 values up to
-its randomized compaction, within its error bound; HLL unions are exact set
-unions / register maxima, identical for any grouping).
+its compactions, which depend on the grouping but not on chance, within its error bound;
+HLL unions are exact set unions / register maxima, identical for any grouping).
 
 The all-time state is a merged tile restricted to the columns all-time features read
 (``group.tile_columns_for(ALL_TIME)``). Windows are merged nested (the 30d merge starts
@@ -535,7 +535,7 @@ def advance_state(prev_state: pd.DataFrame | None, tile: pd.DataFrame | None, gr
 #: float ``sum`` too: ``np.bincount`` adds in input order, so one merge of tiles
 #: D1..Dk equals carrying the state day by day; ``hll``: a set union / register max,
 #: canonical bytes). Not: ``m2`` (Chan's update), EMA (decay per step), KLL
-#: (randomized compaction).
+#: (compactions depend on the grouping).
 ORDER_EXACT_STATS = ("n", "sum", "min", "max", "first_ts", "last_ts", "last", "active", "hll")
 
 

@@ -176,20 +176,36 @@ def _asof_source(store_root: str, src: SourceSpec, labels: pa.Table, l_ns: np.nd
     return got.select(list(src.features)), got["cutoff"], status
 
 
-def _static_table(store_root: str, src: SourceSpec, label_ts_ns: np.ndarray, idx: np.ndarray) -> pa.Table:
-    """Static attributes at `idx`; dates and timestamps become days elapsed at label_ts."""
-    t = pq.read_table(Path(store_root) / src.name / SNAPSHOT, columns=list(src.features))
-    got = take_rows(t, idx)
+def static_values(table: pa.Table, at_ns) -> pa.Table:
+    """Static attributes as a feature set serves them at `at_ns` (one time, or one per row).
+
+    Dates and timestamps become days elapsed at that time; other columns are unchanged.
+    The training join (at each row's label_ts) and the online store (at the cutoff of the
+    day it materializes) both use this, so they serve the same values.
+    """
     cols = []
-    for name in got.column_names:
-        col = got[name]
+    for name in table.column_names:
+        col = table[name]
         if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type):
             ts = col.cast(pa.timestamp("ns", tz="UTC") if pa.types.is_date(col.type) else pa.timestamp("ns", tz=col.type.tz or "UTC"))
             valid = ts.is_valid().to_numpy(zero_copy_only=False)
             ns = ts.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-            col = pa.array((label_ts_ns - ns) / NS_PER_DAY, mask=~valid, type=pa.float64())
+            col = pa.array((np.asarray(at_ns, dtype=np.int64) - ns) / NS_PER_DAY, mask=~valid, type=pa.float64())
         cols.append(col)
-    return pa.table(cols, names=got.column_names)
+    return pa.table(cols, names=table.column_names)
+
+
+def static_rows(store_root: str, source: str, keys: tuple[str, ...], features: list[str], at_ns: int) -> pa.Table:
+    """Every entity of a static source: its keys, then `features` as served at `at_ns` (see `static_values`)."""
+    t = pq.read_table(Path(store_root) / source / SNAPSHOT, columns=[*keys, *features])
+    return pa.table([*(t[k] for k in keys), *static_values(t.select(list(features)), at_ns).columns],
+                    names=[*keys, *features])
+
+
+def _static_table(store_root: str, src: SourceSpec, label_ts_ns: np.ndarray, idx: np.ndarray) -> pa.Table:
+    """Static attributes at `idx`; dates and timestamps become days elapsed at label_ts."""
+    t = pq.read_table(Path(store_root) / src.name / SNAPSHOT, columns=list(src.features))
+    return static_values(take_rows(t, idx), label_ts_ns)
 
 
 def _read_labels(store_root: str, labels_asset: str, days: list[str]) -> tuple[pa.Table, list[tuple[str, int, int]]]:

@@ -166,3 +166,13 @@ def test_an_entity_without_events_gets_zero_counts(store, computed):
     means = [c for c in got.columns if c.startswith("MEAN(events.")]
     assert silent[means].isna().all().all()
     assert np.all(silent[[c for c in got.columns if c.startswith("COUNT(")]].to_numpy() == 0)
+
+
+def test_listing_many_days_at_once_equals_listing_each(store):
+    """A backfill lists its days' entities from one read of their windows' union: the same lists."""
+    from dataclasses import replace
+
+    days = [shift_day(SUNDAY, -k) for k in (20, 13, 6, 0)] + [START]
+    for cfg in (CFG, replace(CFG, entities="active"), replace(CFG, training_window_days=3)):
+        assert dfs.list_entities_many(store.store_root, days, START, cfg) == [
+            dfs.list_entities(store.store_root, d, START, cfg) for d in days]

@@ -142,3 +142,94 @@ def test_run_selection_on_dask_validates_publishes_and_is_reproducible(syn, dask
     assert publish(selected_feature_set(cand, again, costs, families, name="syn_selected"), root).version == "1"
     fewer = dict(res, selected=res["selected"][:-1])
     assert publish(selected_feature_set(cand, fewer, costs, families, name="syn_selected"), root).version == "2"
+
+
+def test_decision_costs_are_recorded_once_and_ignore_timing_jitter(tmp_path):
+    from featurecore.selection import decision_costs, quantize_cost, read_cost_basis
+
+    families = {"grp.a": "grp", "grp.b": "grp", "cand.x": "cand:dfs", "cand.y": "cand:dfs", "static.s": "static"}
+    versions = {"grp": "group v1", "cand": "artifact a1", "static": "static"}
+    measured = {"grp.a": 0.02, "grp.b": 0.02, "cand.x": 0.3, "cand.y": 0.3, "static.s": 0.0}
+    first = decision_costs(str(tmp_path), measured, families, versions)
+    assert set(first["recorded"]) == {"grp", "cand:dfs", "static"}
+    assert first["families"] == {"grp": quantize_cost(0.04), "cand:dfs": quantize_cost(0.6), "static": 0.0}
+    assert first["features"]["cand.x"] == quantize_cost(0.3) and first["features"]["static.s"] == 0.0
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # a loaded machine: every timing off by up to 3x either way
+        jittered = {k: v * float(np.exp(rng.uniform(-np.log(3), np.log(3)))) for k, v in measured.items()}
+        again = decision_costs(str(tmp_path), jittered, families, versions)
+        assert again["recorded"] == [] and again["features"] == first["features"] and again["families"] == first["families"]
+    # the jitter alone would have moved costs across half-decade steps
+    assert quantize_cost(0.3 * 3) != quantize_cost(0.3) and quantize_cost(0.04 / 3) != quantize_cost(0.04)
+    # a new source version (new candidate artifacts) is measured again; nothing else is
+    bumped = decision_costs(str(tmp_path), {k: v * 10 for k, v in measured.items()}, families, {**versions, "cand": "artifact a2"})
+    assert bumped["recorded"] == ["cand:dfs"] and bumped["families"]["cand:dfs"] == quantize_cost(6.0)
+    assert bumped["families"]["grp"] == first["families"]["grp"]
+    assert read_cost_basis(str(tmp_path))["cand:dfs"]["source_version"] == "artifact a2"
+    assert decision_costs(str(tmp_path), measured, families, versions, remeasure=True)["recorded"] == sorted(set(families.values()))
+
+
+def test_selection_twice_with_jittered_timings_gives_identical_results(syn, dask_client, tmp_path):
+    """Two runs on the same candidate set, each with its own measured timings, decide the same."""
+    from featurecore.selection import decision_costs
+
+    root, feats = syn
+    families = {c: c.split(".")[0] for c in feats}
+    versions = {"grp": "group v1", "cand": "artifact 1", "static": "static"}
+    baseline = [c for c in feats if c.startswith("grp.")]
+    rng = np.random.default_rng(5)
+    runs = []
+    for _ in range(2):
+        measured = {c: (40.0 if c == "cand.dup" else 0.02 if c.startswith("grp.") else 0.0) * float(rng.uniform(0.3, 3.0))
+                    for c in feats}
+        dec = decision_costs(str(tmp_path), measured, families, versions)
+        runs.append(run_selection(dask_client, root, "syn", feats, baseline, "user_id", DELAY, costs=dec["features"],
+                                  families=families, family_costs=dec["families"], cfg=SelectionConfig(seed=4)))
+    a, b = runs
+    assert a["selected"] == b["selected"] and a["dropped"] == b["dropped"]
+    assert a["cv"] == b["cv"] and a["importance"]["permutation"] == b["importance"]["permutation"]
+    assert a["screen"]["qvalue"] == b["screen"]["qvalue"] and a["family_value"] == b["family_value"]
+    assert "cand.dup" not in a["selected"] and "cheaper" in a["dropped"]["cand.dup"]
+
+
+def planted_world(n_users: int = 1500, n_days: int = 20, wide: int = 60, seed: int = 7) -> pd.DataFrame:
+    """Label rows over the demo generator's users and users_wide table; the label follows the hidden propensity.
+
+    ``grp.behaviour`` is a per-row noisy view of the whole propensity (what the demo's
+    behaviour features reveal), so a planted column is only worth keeping for what it adds.
+    """
+    from featurecore import demo_data as dd
+
+    cfg = dd.DemoConfig(users=n_users, wide_columns=wide, seed=seed)
+    users, _, lat = dd._world(cfg.seed, cfg.users, cfg.products, cfg.start)
+    w = dd.build_users_wide(cfg)
+    rng = np.random.default_rng(seed)
+    ent = np.repeat(np.arange(n_users), n_days)
+    prop = lat.propensity[ent]
+    y = (rng.random(len(ent)) < 1 / (1 + np.exp(-(prop - 0.5 + rng.normal(0, 0.5, len(ent)))))).astype(float)
+    df = pd.DataFrame({"user_id": users["user_id"].to_numpy()[ent],
+                       "label_ts": pd.Timestamp("2026-09-01", tz="UTC") + pd.to_timedelta(np.tile(np.arange(n_days), n_users), unit="D"),
+                       "label": y, "grp.behaviour": prop + rng.normal(0, 0.5, len(ent))})
+    for c in w.columns[1:]:
+        df[f"users_wide.{c}"] = w[c].to_numpy()[ent]
+    return df
+
+
+def test_planted_wide_columns_are_kept_and_noise_dropped(dask_client, tmp_path):
+    """The generator's planted users_wide columns survive selection; its noise and constant columns do not.
+
+    Every planted column also sees a part of the propensity that no other column has
+    (``demo_data.build_users_wide``); when they all measured the same latent, two of five
+    showed no permutation importance next to a good behaviour proxy, as in the demo.
+    """
+    from featurecore import demo_data as dd
+
+    feats = write_training_set(tmp_path, "planted", planted_world())
+    sig = dd.planted_signal(60)["wide"]
+    informative = [f"users_wide.{c}" for c in sig["informative"]]
+    junk = [f"users_wide.{c}" for c in sig["noise"] + sig["constant"]]
+    res = run_selection(dask_client, str(tmp_path), "planted", feats, ["grp.behaviour"], "user_id", 3,
+                        families={c: c.split(".")[0] for c in feats}, cfg=SelectionConfig(seed=7))
+    assert set(informative) <= set(res["selected"]), {c: res["dropped"].get(c) for c in informative}
+    assert not set(junk) & set(res["selected"])
+    assert all(res["dropped"][f"users_wide.{c}"] == "constant" for c in sig["constant"])

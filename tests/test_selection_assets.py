@@ -11,6 +11,7 @@ import pytest
 from featurecore import demo_data
 from featurecore.feature_sets import load
 from featurecore.groups import GROUPS
+from featurecore.selection import read_cost_basis
 from featurecore.ingest import ingest_dimension, ingest_events_day
 from featurecore.pipeline import features_range, tile_day
 from featurecore.timeutil import day_range
@@ -74,6 +75,10 @@ def test_train_and_select_with_derived_then_supplied_labels(store, dask_client, 
         assert set(fs.info["importances"]) == {f.qualified for f in fs.features}
         assert fs.info["metrics"]["cv_baseline"] > 0.6 and fs.info["label"]["spec"]["kind"] == "derived"
         assert set(fs.info["source_versions"]) >= set(fs.sources)
+        _assert_provenance(cfg.store_root, fs)
+        # decisions used the recorded cost basis (measured seconds are only reported)
+        assert set(fs.info["cost_basis"]) == set(read_cost_basis(cfg.store_root)) >= {s for s in fs.sources if s in GROUPS}
+        assert sel["cost_basis_recorded"].value != "none (reused the recorded basis)"
         # the selected set's own training set: same label rows, only the selected columns
         sel_ts = read_training_set(cfg.store_root, f"user_selected_v{fs.version}")
         assert len(sel_ts) == man["rows"] and set(c for c in sel_ts.columns if "." in c and not c.endswith(".cutoff")) == {f.qualified for f in fs.features}
@@ -99,3 +104,29 @@ def test_train_and_select_with_derived_then_supplied_labels(store, dask_client, 
         fs2 = load(cfg.store_root, "user_selected")
         assert fs2.info["label"]["spec"]["kind"] == "supplied" and fs2.info["metrics"]["cv_baseline"] > 0.6
         assert meta2["feature_selection"]["feature_set"].value == f"user_selected v{fs2.version}"
+        # the second selection reused the first one's cost basis
+        assert meta2["feature_selection"]["cost_basis_recorded"].value == "none (reused the recorded basis)"
+        assert fs2.info["cost_basis"] == fs.info["cost_basis"]
+        _assert_provenance(cfg.store_root, fs2)
+
+
+def _assert_provenance(store_root: str, fs) -> None:
+    """The published set carries fingerprints of every source, and a later upstream change is detected with them."""
+    from checks.compat import compat_findings, store_layouts
+    from checks.layout import layout_of_group, with_features
+
+    prints = fs.info["definitions"]
+    assert set(prints) == {f.qualified for f in fs.features}
+    for f in fs.features:
+        if f.source in GROUPS:
+            assert prints[f.qualified] == layout_of_group(GROUPS[f.source]).get(f.feature).fingerprint
+            assert fs.info["source_versions"][f.source] == GROUPS[f.source].version
+    layouts = store_layouts(store_root, fs.sources, fs.entity_keys)
+    assert compat_findings(fs, layouts) == []
+    group = next(s for s in fs.sources if s in GROUPS)
+    changed = {**layouts, group: with_features(layouts[group], fingerprint="0" * 16)}
+    found = compat_findings(fs, changed, [group])
+    assert len(found) == len(fs.features_of(group)) and {f["problem"] for f in found} == {"silent definition change"}
+    static = next(s for s in fs.sources if s in ("users", "users_wide"))
+    retyped = {**layouts, static: with_features(layouts[static], fingerprint="large_string")}
+    assert len(compat_findings(fs, retyped, [static])) == len(fs.features_of(static))

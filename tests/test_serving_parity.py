@@ -7,20 +7,33 @@ then the skew check, TTL at read time, and the Dagster asset with its check.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from featurecore import demo_data
+from featurecore.attributes import ingest_static_table
+from featurecore.feature_sets import FeatureRef, FeatureSet
 from featurecore.online import EXPIRED, PRESENT, STREAM, open_store
 from featurecore.online_tasks import materialize_day, offline_asof, skew_check
+from featurecore.selection import publish
 from featurecore.served_sets import served_sets
 from featurecore.store import read_partition
 from featurecore.timeutil import cutoff
+from featurecore.training import is_static, join_labels, source_specs
 from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
-from serving_world import DAYS, copy_store, ingested, run_batch
+from serving_world import DAYS, DEMO, copy_store, ingested, run_batch
 
 DAY = DAYS[4]
+
+
+STATIC_SET = "user_attrs"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +41,31 @@ def world(tmp_path_factory, dask_client):
     root = tmp_path_factory.mktemp("parity")
     cfg = ingested(root)
     run_batch(dask_client, cfg.store_root, DAYS[:5])
+    # A published set mixing a group with static sources (users, users_wide), as selection publishes them.
+    wide = demo_data.build_users_wide(replace(DEMO, wide_columns=30))
+    (Path(cfg.landing_root) / "users_wide").mkdir()
+    wide.to_parquet(Path(cfg.landing_root) / "users_wide" / "users_wide.parquet", index=False)
+    ingest_static_table(cfg, "users_wide")
+    sig = demo_data.planted_signal(30)["wide"]
+    attrs = sig["informative"] + sig["missing_noise"][:1] + sig["categorical_noise"][:1] + sig["constant"][:1]
+    feats = [FeatureRef("user_behavior", "purchase_count_7d"), FeatureRef("user_behavior", "view_count_30d")]
+    feats += [FeatureRef("users", n, "float64" if n in ("signup_date", "age") else "object")
+              for n in ("signup_date", "segment", "age", "country")]
+    feats += [FeatureRef("users_wide", n, "object" if wide[n].dtype == object else "float64") for n in attrs]
+    publish(FeatureSet(STATIC_SET, "0", ("user_id",), tuple(feats), "groups and static attributes",
+                       {"user_behavior": 30 * 86_400}), cfg.store_root)
     return cfg
+
+
+def _training_values(store_root: str, fs, source: str, entities: list[str], at) -> dict[str, list]:
+    """What the training-set join serves for `source` at label time `at`, per entity (Python values)."""
+    labels = pa.table({"entity_id": pa.array(entities, pa.string()),
+                       "label_ts": pa.array([cutoff(DAY).value] * len(entities), pa.timestamp("ns", tz="UTC")),
+                       "label": pa.array([0.0] * len(entities))})
+    spec = [s for s in source_specs(store_root, fs) if s.name == source]
+    joined, _ = join_labels(store_root, labels, spec, [DAY])
+    cols = [joined[f"{source}.{f}"].to_pylist() for f in fs.features_of(source)]
+    return {e: [c[i] for c in cols] for i, e in enumerate(entities)}
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -50,9 +87,26 @@ def test_online_equals_offline_for_every_feature(world, url, dask_client):
     stats = dask_client.gather([dask_client.submit(materialize_day, fs, DAY, world.store_root, url, pure=False)
                                 for fs in sets])
     store = open_store(url)
+    assert STATIC_SET in {fs.name for fs in sets}
     for fs, st in zip(sets, stats):
         assert not st["skipped_sources"] and st["written"] == st["rows"] > 0
         for source in fs.sources:
+            if is_static(world.store_root, source):
+                # static attributes: every snapshot entity, with the values the training join serves at the cutoff
+                ents = pq.read_table(f"{world.store_root}/{source}/snapshot.parquet", columns=["user_id"])["user_id"].to_pylist()
+                assert st["sources"][source]["rows"] == len(ents)
+                want = _training_values(world.store_root, fs, source, ents, cutoff(DAY))
+                res = store.lookup(fs, ents, at=cutoff(DAY))
+                idx = [i for i, f in enumerate(fs.features) if f.source == source]
+                for i, e in enumerate(ents):
+                    assert res.rows[i][source]["cutoff"] == cutoff(DAY).isoformat()
+                    for j, k in enumerate(idx):
+                        assert res.statuses[i][k] == PRESENT
+                        assert _same_value(res.values[i][k], want[e][j]), (fs.features[k].qualified, e, res.values[i][k], want[e][j])
+                # a static row never expires (no TTL), and it is not served before the day it was written for
+                assert set(store.lookup(fs, ents[:3], at=cutoff(DAY) + pd.Timedelta(days=400)).statuses[0][k] for k in idx) == {PRESENT}
+                assert set(store.lookup(fs, ents[:3], at=cutoff(DAY) - pd.Timedelta(hours=1)).statuses[0][k] for k in idx) == {"missing"}
+                continue
             off = read_partition(world.store_root, source, DAY)
             res = store.lookup(fs, off[list(fs.entity_keys)].to_dict("records"), at=cutoff(DAY))
             idx = [i for i, f in enumerate(fs.features) if f.source == source]
@@ -64,6 +118,16 @@ def test_online_equals_offline_for_every_feature(world, url, dask_client):
                     assert res.statuses[i][k] == PRESENT
                     assert _exactly_equal(res.values[i][k], want), (fs.name, fs.features[k].qualified, i, res.values[i][k], want)
     store.close()
+    static_fs = next(fs for fs in sets if fs.name == STATIC_SET)
+    skew = skew_check(static_fs, DAY, world.store_root, url, sample=60, seed=3)
+    assert skew["sample"] == 60 and skew["mismatches"] == 0
+
+
+def _same_value(online, offline) -> bool:
+    """Exactly equal, type included; NaN offline is null online."""
+    if isinstance(offline, float) and np.isnan(offline):
+        return online is None
+    return online == offline and type(online) is type(offline)
 
 
 def test_ttl_applies_at_read_time(world, url):
@@ -208,4 +272,7 @@ def test_dagster_asset_materializes_and_checks(world, redis_url, dask_client, tm
     res = store.lookup(fs, off["user_id"].tolist(), at=cutoff(DAY))
     k = [f.qualified for f in fs.features].index("user_recent_items.recent_viewed_products")
     assert [r[k] for r in res.values] == [list(v) for v in off["recent_viewed_products"]]
+    attrs = store.feature_set(STATIC_SET)  # the static sources of a published set are served too
+    got = store.lookup(attrs, ["u000001", "u000002"], at=cutoff(DAY))
+    assert {s for row in got.statuses for f, s in zip(attrs.features, row) if f.source in ("users", "users_wide")} == {PRESENT}
     store.close()

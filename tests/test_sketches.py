@@ -69,3 +69,53 @@ def test_by_group_equals_per_group_sketches_and_rejects_foreign_bytes():
         assert merged[gi] == sketches.hll_merge([by_group[gi], by_group[51 - gi]])
     with pytest.raises(ValueError, match="older engine"):
         sketches.hll_estimates([b"\x02\x01\x07"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 20_000), pieces=st.integers(1, 30), seed=st.integers(0, 2**31 - 1))
+def test_kll_quantiles_within_bound_and_exact_below_k(n, pieces, seed):
+    """Quantiles of a sketch merged from daily pieces: exact (inverted CDF) up to KLL_K values,
+    rank error within KLL_RANK_ERROR above; min, max and count always exact."""
+    rng = np.random.default_rng(seed)
+    x = rng.lognormal(3, 1.2, n).round(2)
+    sk = None
+    for p in np.array_split(x, min(pieces, n)):
+        sk = sketches.kll_merge([sk, sketches.kll_of(p)])
+    xs = np.sort(x)
+    qs = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99]
+    got = np.array(sketches.kll_quantiles(sk, qs))
+    assert sketches.kll_count(sk) == n
+    assert sketches.kll_quantiles(sk, [0.0, 1.0]) == [xs[0], xs[-1]]
+    if n <= sketches.KLL_K:
+        np.testing.assert_array_equal(got, np.quantile(xs, qs, method="inverted_cdf"))
+    else:
+        lo = np.searchsorted(xs, got, side="left") / n  # ties: any rank inside the tie counts
+        hi = np.searchsorted(xs, got, side="right") / n
+        err = np.maximum(0, np.maximum(lo - np.array(qs), np.array(qs) - hi))
+        assert err.max() <= sketches.KLL_RANK_ERROR, (err, n)
+
+
+def test_kll_is_deterministic_and_by_group_matches_single_sketches():
+    """The same merges give the same bytes (DataSketches' randomized compaction does not);
+    the per-group functions equal the one-sketch functions; foreign bytes raise."""
+    def build(seed):
+        g = np.random.default_rng(seed)
+        return sketches.kll_merge([sketches.kll_of(g.random(3000)) for _ in range(12)])
+
+    assert build(5) == build(5)
+    ref = ds.kll_doubles_sketch(sketches.KLL_K)
+    g = np.random.default_rng(5)
+    for _ in range(12):
+        ref.update(g.random(3000))
+    ours = sketches.kll_quantiles(build(5), [0.5])[0]
+    assert abs(ours - ref.get_quantile(0.5)) <= 2 * sketches.KLL_RANK_ERROR  # uniform[0,1): value = rank
+    rng = np.random.default_rng(9)
+    codes, values = rng.integers(0, 40, 30_000), rng.normal(size=30_000)
+    by_group = sketches.kll_by_group(codes, values, 42)
+    for gi in range(42):
+        vals = values[codes == gi]
+        assert by_group[gi] == (sketches.kll_of(vals) if len(vals) else None)
+    merged = sketches.kll_merge_by_group(np.r_[np.arange(42), np.arange(42)], np.r_[by_group, by_group], 42)
+    assert merged[0] == sketches.kll_merge([by_group[0], by_group[0]])
+    with pytest.raises(ValueError, match="older engine"):
+        sketches.kll_count(b"\x05\x01\x0f" + bytes(64))

@@ -131,10 +131,14 @@ def _empty_day(store_root: str, asset: str, day: str, token: str, keys: list[str
 
 def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_of: Callable, submit_shard: Callable,
                  families: dict, keys: list[str], features: list[str], shards_per_worker: int, min_shard_entities: int,
-                 report: RunReport, only_entities: list | None = None) -> RunReport:
+                 report: RunReport, only_entities: list | None = None, entities_of_many: Callable | None = None) -> RunReport:
     t0 = time.perf_counter()
     token = new_token()
-    entity_lists = client.gather([client.submit(entities_of, d, pure=False) for d in days])
+    if entities_of_many is not None and len(days) > 1:
+        # one task reads the union of the days' windows once (the listing is on the critical path)
+        entity_lists = client.submit(entities_of_many, days, pure=False).result()
+    else:
+        entity_lists = client.gather([client.submit(entities_of, d, pure=False) for d in days])
     if only_entities is not None:
         keep = set(only_entities)
         entity_lists = [[e for e in ents if e in keep] for ents in entity_lists]
@@ -178,7 +182,8 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
 
     return _run_sharded(client, store_root, dfs.ASSET, days, lambda d: dfs.list_entities(store_root, d, start, cfg), submit,
                         dfs.families(manifest), [cfg.entity], manifest["features"] + dfs.families(manifest).get(dfs.PCA_FAMILY, []),
-                        shards_per_worker, min_shard_entities, report, only_entities)
+                        shards_per_worker, min_shard_entities, report, only_entities,
+                        entities_of_many=lambda ds: dfs.list_entities_many(store_root, ds, start, cfg))
 
 
 def run_tsfresh(client, store_root: str, asset: str, days: list[str], start: str, cfg: tsfresh_features.TsfreshConfig, *,
