@@ -23,9 +23,10 @@ warnings.simplefilter("ignore")
 
 def run_demo(days: int, users: int, events_per_day: int, regenerate: bool) -> dict:
     """Generate the data if needed and materialize dimensions then the daily range in one run."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from feature_assets.definitions import defs
+    from resources.local_cluster import start_local_cluster
 
     cfg = load_source_config()
     landing = Path(cfg.landing_root)
@@ -42,7 +43,7 @@ def run_demo(days: int, users: int, events_per_day: int, regenerate: bool) -> di
     start, end = cfg.partition_start, shift_day(cfg.partition_start, days - 1)
 
     instance = dg.DagsterInstance.get()
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster):
+    with start_local_cluster(2, 1, memory_limit=None) as cluster, Client(cluster):
         os.environ["DASK_SCHEDULER_ADDRESS"] = cluster.scheduler_address
         t1 = time.perf_counter()
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
