@@ -146,9 +146,13 @@ def test_cadence_and_shards():
     assert shard_count(1000, 2) == 6 and shard_count(60, 2) == 2 and shard_count(15, 2) == 1 and shard_count(0, 2) == 0
     assert shard_count(1352, 2, min_shard_entities=1000) == 2 and shard_count(10_000, 2, min_shard_entities=1000) == 6
     assert shard_count(3000, 2, min_shard_entities=1000) == 2 and shard_count(5000, 2, min_shard_entities=1000) == 4
-    # a run over several days already gives each worker whole days: no split below min_shard_entities
+    # a run over several days already gives each worker whole days: a day is split only to make
+    # the task count a multiple of the workers (each shard re-reads its day's window)
     assert shard_count(1352, 2, min_shard_entities=1000, days_in_run=4) == 1
-    assert shard_count(10_000, 2, min_shard_entities=1000, days_in_run=4) == 6
+    assert shard_count(10_000, 2, min_shard_entities=1000, days_in_run=4) == 1
+    assert shard_count(10_000, 2, min_shard_entities=1000, days_in_run=3) == 2
+    assert shard_count(500, 2, min_shard_entities=1000, days_in_run=3) == 1  # too small to split
+    assert shard_count(10_000, 4, min_shard_entities=1000, days_in_run=6) == 2
     shards = plan_shards([f"u{i:03d}" for i in range(10)], 3)
     assert [len(s) for s in shards] == [4, 3, 3] and sorted(sum(shards, [])) == [f"u{i:03d}" for i in range(10)]
 

@@ -103,8 +103,13 @@ def shard_count(n_entities: int, n_workers: int, shards_per_worker: int = 3, min
     upper = workers * max(shards_per_worker, 1)
     by_size = n_entities // max(min_shard_entities, 1)
     if days_in_run >= workers:
-        # the days alone give every worker work: splitting a day further only adds per-task cost
-        return int(max(1, min(upper, by_size)))
+        # the days alone give every worker work: a day is split further only as far as needed
+        # for the run's task count to be a multiple of the workers (so none idles at the end),
+        # because every shard re-reads its day's whole window (the entity filter still scans it)
+        n = 1
+        while (days_in_run * n) % workers and n < max(by_size, 1):
+            n += 1
+        return int(n if (days_in_run * n) % workers == 0 else 1)
     lower = min(workers, max(1, n_entities // max(floor, 1)))
     n = max(lower, min(upper, by_size))
     # a multiple of the worker count: 3 equal shards on 2 workers take as long as 4 would
