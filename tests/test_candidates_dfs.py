@@ -169,10 +169,19 @@ def test_an_entity_without_events_gets_zero_counts(store, computed):
 
 
 def test_listing_many_days_at_once_equals_listing_each(store):
-    """A backfill lists its days' entities from one read of their windows' union: the same lists."""
+    """A backfill lists its days' entities from one read of their windows' union: the lists equal
+    a plain pandas read of each day's window (events before the cutoff, plus the users snapshot)."""
     from dataclasses import replace
 
+    from featurecore.candidates.common import read_window, window_days
+
     days = [shift_day(SUNDAY, -k) for k in (20, 13, 6, 0)] + [START]
+    snapshot = set(read_snapshot(store.store_root, "users")["user_id"].astype(str))
     for cfg in (CFG, replace(CFG, entities="active"), replace(CFG, training_window_days=3)):
-        assert dfs.list_entities_many(store.store_root, days, START, cfg) == [
-            dfs.list_entities(store.store_root, d, START, cfg) for d in days]
+        expected = []
+        for d in days:
+            ev = read_window(store.store_root, "raw_events", window_days(d, cfg.training_window_days, START), ["user_id", "ts"])
+            ids = set(ev.loc[pd.to_datetime(ev["ts"], utc=True) < cutoff(d), "user_id"].dropna().astype(str))
+            expected.append(sorted(ids | (snapshot if cfg.entities == "all" else set())))
+        assert dfs.list_entities_many(store.store_root, days, START, cfg) == expected
+        assert [dfs.list_entities(store.store_root, d, START, cfg) for d in days] == expected

@@ -224,9 +224,24 @@ def read_window(
     time_col: str = "ts",
 ) -> pd.DataFrame:
     """Rows of the existing day partitions `days`, optionally only `entities`, and only `time_col < before`."""
+    tbl = read_window_table(store_root, asset, days, columns, entity, entities, before, time_col)
+    return pd.DataFrame(columns=columns or []) if tbl is None else tbl.to_pandas()
+
+
+def read_window_table(
+    store_root: str | os.PathLike,
+    asset: str,
+    days: list[str],
+    columns: list[str] | None = None,
+    entity: str | None = None,
+    entities: list | None = None,
+    before: pd.Timestamp | None = None,
+    time_col: str = "ts",
+) -> pa.Table | None:
+    """``read_window`` as an Arrow table (None when no partition exists): no pandas objects per row."""
     files = [str(f) for d in days if partition_exists(store_root, asset, d) for f in sorted(partition_dir(store_root, asset, d).glob("*.parquet"))]
     if not files:
-        return pd.DataFrame(columns=columns or [])
+        return None
     dset = pads.dataset(files, format="parquet")
     flt = None
     if entities is not None:
@@ -234,7 +249,7 @@ def read_window(
     if before is not None:
         b = pads.field(time_col) < pa.scalar(before.to_pydatetime(), type=dset.schema.field(time_col).type)
         flt = b if flt is None else flt & b
-    return dset.to_table(columns=columns, filter=flt).to_pandas()
+    return dset.to_table(columns=columns, filter=flt)
 
 
 def source_columns(store_root: str | os.PathLike, asset: str, days: list[str]) -> list[str]:

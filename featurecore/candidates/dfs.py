@@ -37,6 +37,7 @@ from ..timeutil import cutoff as cutoff_of
 from ..timeutil import day_start, to_day
 from .common import (
     CandidateError, EmptyShardError, artifact_dir, as_candidates, check_columns, config_hash, file_sha, read_window,
+    read_window_table,
     save_json, source_columns, window_days, worker_name, write_part,
 )
 
@@ -115,12 +116,7 @@ def read_events(store_root: str, day: str, start: str, cfg: DFSConfig, entities:
 
 def list_entities(store_root: str, day: str, start: str, cfg: DFSConfig) -> list[str]:
     """Entities of day D: users with events in the window (plus the users snapshot when entities='all')."""
-    check_source(store_root, day, start, cfg)
-    ev = read_window(store_root, cfg.source, _window(day, start, cfg), [cfg.entity], before=cutoff_of(day))
-    ids = set(ev[cfg.entity].dropna().astype(str)) if len(ev) else set()
-    if cfg.entities == "all" and (Path(store_root) / "users" / "snapshot.parquet").is_file():
-        ids |= set(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str))
-    return sorted(ids)
+    return list_entities_many(store_root, [day], start, cfg)[0]
 
 
 def list_entities_many(store_root: str, days: list[str], start: str, cfg: DFSConfig) -> list[list[str]]:
@@ -129,21 +125,26 @@ def list_entities_many(store_root: str, days: list[str], start: str, cfg: DFSCon
         return []
     for d in sorted(set(days)):
         check_source(store_root, d, start, cfg)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     union = sorted(set().union(*[_window(d, start, cfg) for d in days]), key=to_day)
-    ev = read_window(store_root, cfg.source, union, [cfg.entity, "ts"], before=max(cutoff_of(d) for d in days))
-    ts = pd.to_datetime(ev["ts"], utc=True) if len(ev) else pd.Series(dtype="datetime64[ns, UTC]")
-    ids = ev[cfg.entity].astype(str) if len(ev) else pd.Series(dtype=object)
+    # Arrow end to end: a window holds millions of events, its distinct entities are few
+    tbl = read_window_table(store_root, cfg.source, union, [cfg.entity, "ts"], before=max(cutoff_of(d) for d in days))
     snap: set[str] = set()
     if cfg.entities == "all" and (Path(store_root) / "users" / "snapshot.parquet").is_file():
         snap = set(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str))
     out = []
     for d in days:
         win = _window(d, start, cfg)
-        if not win:
+        if tbl is None or not win or tbl.num_rows == 0:
             out.append(sorted(snap))
             continue
-        m = (ts >= day_start(win[0])) & (ts < cutoff_of(d)) & ev[cfg.entity].notna() if len(ev) else ts.astype(bool)
-        out.append(sorted(set(ids[m].tolist()) | snap))
+        ts = tbl.column("ts")
+        lo = pa.scalar(day_start(win[0]).to_pydatetime(), type=ts.type)
+        hi = pa.scalar(cutoff_of(d).to_pydatetime(), type=ts.type)
+        ids = pc.unique(pc.drop_null(pc.filter(tbl.column(cfg.entity), pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))))
+        out.append(sorted({str(v) for v in ids.to_pylist()} | snap))
     return out
 
 
