@@ -26,7 +26,7 @@ from .ingestion import effective_config
 from .metadata import preview, row_count, schema_metadata
 from .partitions import daily_partitions
 
-ENGINE_VERSION = "2"  # 2: vectorised HLL sketch format in tiles
+ENGINE_VERSION = "2"  # 2: numpy HLL and deterministic KLL sketch formats in tiles
 GROUPS = list(_GROUPS_BY_NAME.values())
 
 

@@ -70,6 +70,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .candidates.costs import column_bytes
 from .encodings_target import TimeAwareTargetEncoder
 from .feature_sets import FeatureRef, FeatureSet
 
@@ -746,19 +747,6 @@ def feature_families(store_root: str, fs: FeatureSet) -> dict[str, str]:
     return out
 
 
-def _column_bytes(files: list[Path]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for f in files:
-        md = pq.ParquetFile(f).metadata
-        for rg in range(md.num_row_groups):
-            g = md.row_group(rg)
-            for i in range(g.num_columns):
-                c = g.column(i)
-                name = c.path_in_schema.split(".")[0]
-                out[name] = out.get(name, 0) + int(c.total_compressed_size)
-    return out
-
-
 def feature_costs(store_root: str, fs: FeatureSet, start: str, end: str, group_seconds_per_day: dict[str, float] | None = None,
                   sample_days: int = 5) -> tuple[dict[str, dict], dict[str, dict]]:
     """Compute seconds per day and stored bytes per day, per feature and per family.
@@ -782,13 +770,13 @@ def feature_costs(store_root: str, fs: FeatureSet, start: str, end: str, group_s
         names = fs.features_of(src)
         static = (Path(store_root) / src / SNAPSHOT).is_file()
         if static:
-            cb = _column_bytes([Path(store_root) / src / SNAPSHOT])
+            cb = column_bytes([Path(store_root) / src / SNAPSHOT])
             for n in names:
                 per[f"{src}.{n}"] = {"seconds_per_day": 0.0, "bytes_per_day": 0.0, "bytes_once": cb.get(n, 0)}
             continue
         days = [d for d in source_days(store_root, src) if start <= d <= end]
         used = pick(days, sample_days)
-        cb = _column_bytes([f for d in used for f in sorted((Path(store_root) / src / f"date={d}").glob("*.parquet"))])
+        cb = column_bytes([f for d in used for f in sorted((Path(store_root) / src / f"date={d}").glob("*.parquet"))])
         # a weekly source has a partition only every 7th day: bytes per calendar day
         scale = (len(days) / n_days) / max(len(used), 1)
         fam_seconds: dict[str, float] = {}

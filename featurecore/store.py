@@ -25,33 +25,38 @@ def partition_dir(store_root: str | os.PathLike, asset: str, day: str) -> Path:
     return Path(store_root) / asset / f"date={day_key(day)}"
 
 
+def replace_folder(target: Path, new: Path) -> Path:
+    """Make folder `new` the folder `target` by renames (the old one is removed afterwards)."""
+    old = None
+    if target.exists():
+        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
 def write_partition(
-    df: pd.DataFrame,
+    df: pd.DataFrame | pa.Table,
     store_root: str | os.PathLike,
     asset: str,
     day: str,
     *,
     schema: pa.Schema | None = None,
 ) -> dict:
-    """Replace partition `day` of `asset` with `df`; returns rows, bytes and path."""
+    """Replace partition `day` of `asset` with `df` (pandas or Arrow); returns rows, bytes and path."""
     target = partition_dir(store_root, asset, day)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-    out = tmp / "part-0.parquet"
-    # dictionary-encoding sketch (binary) columns costs 2-3x in write and read time for
-    # nothing: their values are nearly all distinct
-    dict_cols = [f.name for f in table.schema if not (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type))]
-    pq.write_table(table, out, compression="zstd", use_dictionary=dict_cols)
-    old = None
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return {"rows": len(df), "bytes": (target / "part-0.parquet").stat().st_size, "path": str(target)}
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    # Dictionary pages pay off for strings only: on float columns they cost 2-3x the write
+    # time, on sketch (binary) columns 2-3x the write and read time, for nothing.
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, tmp / "part-0.parquet", compression="zstd", use_dictionary=strings or False)
+    replace_folder(target, tmp)
+    return {"rows": table.num_rows, "bytes": (target / "part-0.parquet").stat().st_size, "path": str(target)}
 
 
 def partition_exists(store_root: str | os.PathLike, asset: str, day: str) -> bool:

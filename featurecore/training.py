@@ -31,7 +31,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ import pyarrow.parquet as pq
 from .asof import EXPIRED, MATCHED, MISSING, asof_indices, take_rows
 from .feature_sets import FeatureSet
 from .labels import LABELS_ASSET, read_manifest as read_labels_manifest
-from .store import partition_dir, partition_exists
+from .store import partition_dir, partition_exists, write_partition
 from .timeutil import day_key, day_range, shift_day
 
 TRAINING_ROOT = "training_sets"
@@ -224,25 +223,6 @@ def _read_labels(store_root: str, labels_asset: str, days: list[str]) -> tuple[p
     return pa.concat_tables(tables, promote_options="permissive"), spans
 
 
-def _write_table(table: pa.Table, store_root: str, asset: str, day: str) -> int:
-    """Replace partition `day` of `asset` with `table` atomically (as `store.write_partition`, for Arrow tables)."""
-    target = partition_dir(store_root, asset, day)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    # Dictionary pages pay off for strings only; on float columns they cost 2-3x the write time.
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    pq.write_table(table, tmp / "part-0.parquet", compression="zstd", use_dictionary=strings or False)
-    old = None
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return (target / "part-0.parquet").stat().st_size
-
-
 # --------------------------------------------------------------------------- the join task
 
 
@@ -293,7 +273,7 @@ def join_chunk(store_root: str, label_days: list[str], sources: list[SourceSpec]
     stats = []
     for d, lo, hi in spans:
         part = joined.slice(lo, hi - lo)
-        size = _write_table(part, store_root, out_asset, d)
+        size = write_partition(part, store_root, out_asset, d)["bytes"]
         lab = part["label"].to_numpy(zero_copy_only=False)
         stats.append({"day": d, "rows": part.num_rows, "bytes": size, "label_sum": float(np.nansum(lab))})
     if stats:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ..store import partition_dir, partition_exists
+from ..store import partition_dir, partition_exists, replace_folder
 from ..timeutil import cutoff, day_range, shift_day, to_day
 
 ARTIFACTS = "_artifacts"
@@ -152,14 +152,7 @@ def commit_partition(store_root: str | os.PathLike, asset: str, day: str, stagin
     target = partition_dir(store_root, asset, day)
     if not staging.is_dir():
         raise CandidateError(f"{asset} {day}: staging folder {staging} is missing; nothing to commit")
-    old = None
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    return replace_folder(target, staging)
 
 
 def discard_staging(staging: Path) -> None:

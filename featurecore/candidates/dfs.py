@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..ingest import read_snapshot
 from ..timeutil import cutoff as cutoff_of
@@ -125,9 +127,6 @@ def list_entities_many(store_root: str, days: list[str], start: str, cfg: DFSCon
         return []
     for d in sorted(set(days)):
         check_source(store_root, d, start, cfg)
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     union = sorted(set().union(*[_window(d, start, cfg) for d in days]), key=to_day)
     # Arrow end to end: a window holds millions of events, its distinct entities are few
     tbl = read_window_table(store_root, cfg.source, union, [cfg.entity, "ts"], before=max(cutoff_of(d) for d in days))
