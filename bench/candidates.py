@@ -6,14 +6,15 @@ weekly cutoffs ending on the last day of the data (a backfill, the asset's real 
 one cutoff of the small size is about a second of work, too little to amortise a run's
 fixed cost), tsfresh for the last day's cutoff:
 
-- **one process**: ``dfs.compute`` / ``tsfresh_features.compute`` over all N entities in
-  this process (one ``calculate_feature_matrix`` call per cutoff; one
+- **one process**: ``dfs.compute_many`` / ``tsfresh_features.compute`` over all N entities
+  in this process (for DFS the same batching as a cluster shard: one read of the cutoffs'
+  windows' union, one EntitySet, one ``calculate_feature_matrix`` for all 4 cutoffs; one
   ``extract_features(n_jobs=0)`` call), plus listing the entities and writing the Parquet.
 - **cluster**: ``runner.run_dfs`` / ``runner.run_tsfresh`` on the LocalCluster (2 workers x
   1 thread), with the assets' default sharding: list entities on a worker, one task per
-  entity shard, all cutoffs submitted at once; each task reads its entities' rows,
-  computes and writes its own part; the client only commits partitions and writes
-  ``_costs.json``.
+  entity shard (a DFS shard computes all 4 cutoffs of its entities); each task reads its
+  entities' rows, computes and writes its own parts; the client only commits partitions
+  and writes ``_costs.json``.
 - **tsfresh ClusterDaskDistributor** (reference, middle N): tsfresh's own distributor on
   the same cluster, default chunking, called from this process; results come back through
   the client and are written here.
@@ -147,15 +148,16 @@ def _equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
         return False
 
 
-def _single(store: str, asset: str, day: str, fn) -> tuple[float, float]:
-    """Wall and CPU seconds of fn() (list + compute) and writing its frame as the partition, in this process."""
+def _single_many(store: str, asset: str, fn) -> tuple[float, float]:
+    """Wall and CPU seconds of fn() -> {day: frame} and writing each frame as its day's partition, in this process."""
     from featurecore.candidates.common import commit_partition, new_token, staging_dir, write_part
 
     t0, c0 = time.perf_counter(), time.thread_time()
-    df = fn()
-    staging = staging_dir(store, asset, day, new_token())
-    write_part(df, staging, 0)
-    commit_partition(store, asset, day, staging)
+    token = new_token()
+    for d, df in fn().items():
+        staging = staging_dir(store, asset, d, token)
+        write_part(df, staging, 0)
+        commit_partition(store, asset, d, staging)
     return time.perf_counter() - t0, time.thread_time() - c0
 
 
@@ -196,11 +198,12 @@ def run(ctx) -> CandidatesResult:
     runner.run_dfs(client, store, [day], start, cfg, only_entities=order[: ns[0]])  # warm the workers (not timed)
     def dfs_pair(ents: list) -> tuple[float, float, float, object]:
         keep = set(ents)
-        one = one_cpu = 0.0
-        for d in days:
-            w, c = _single(single_store, dfs.ASSET, d, lambda d=d: dfs.compute(
-                single_store, d, start, cfg, manifest, [e for e in dfs.list_entities(single_store, d, start, cfg) if e in keep])[0])
-            one, one_cpu = one + w, one_cpu + c
+
+        def one_process() -> dict:
+            listed = dfs.list_entities_many(single_store, days, start, cfg)
+            return dfs.compute_many(single_store, start, cfg, manifest, {d: [e for e in ls if e in keep] for d, ls in zip(days, listed)})[0]
+
+        one, one_cpu = _single_many(single_store, dfs.ASSET, one_process)
         with timed() as t:
             rep = runner.run_dfs(client, store, days, start, cfg, only_entities=ents)
         rep.raise_errors()
@@ -227,9 +230,9 @@ def run(ctx) -> CandidatesResult:
     ctx.log(f"  tsfresh: {len(tman['features'])} features per entity (2 series x 28 days); N = {ns}")
     runner.run_tsfresh(client, store, "tsfresh_candidates", [day], start, tcfg, only_entities=order[: min(ns[0], 12)])
     def tsfresh_pair(ents: list) -> tuple[float, float, float, object]:
-        one, one_cpu = _single(single_store, "tsfresh_candidates", day, lambda: tsf.compute(
+        one, one_cpu = _single_many(single_store, "tsfresh_candidates", lambda: {day: tsf.compute(
             single_store, "tsfresh_candidates", day, start, tcfg, tman,
-            [e for e in tsf.list_entities(single_store, day, start, tcfg.source) if e in set(ents)])[0])
+            [e for e in tsf.list_entities(single_store, day, start, tcfg.source) if e in set(ents)])[0]})
         with timed() as t:
             rep = runner.run_tsfresh(client, store, "tsfresh_candidates", [day], start, tcfg, only_entities=ents)
         rep.raise_errors()

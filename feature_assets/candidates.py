@@ -55,8 +55,9 @@ class DFSRunConfig(dg.Config):
     sessions: bool = dfs.DFSConfig.sessions
     pca_components: int = dfs.DFSConfig.pca_components
     rediscover: bool = False
-    shards_per_worker: int = 3
+    shards_per_worker: int = 1  # each shard decodes its days' whole window: more shards, more reading
     min_shard_entities: int = runner.DFS_MIN_SHARD
+    days_per_task: int = runner.DFS_DAYS_PER_TASK  # cutoffs one shard computes from one EntitySet
 
     def dfs_config(self) -> dfs.DFSConfig:
         """The pure-computation config."""
@@ -197,7 +198,7 @@ def _pca_meta(manifest: dict) -> dict:
     deps=[dg.AssetDep("raw_events", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-29, end_offset=0)), "users", "products"],
     group_name=GROUP,
     kinds={"dask", "parquet", "featuretools"},
-    code_version="dfs-1",
+    code_version="dfs-2",
     description=(
         "Featuretools Deep Feature Synthesis over users <- sessions <- events -> products, as of the cutoff D+1 00:00 UTC "
         "(include_cutoff_time=False, training window 30 days by default). Definitions are discovered on a sample of entities, "
@@ -217,7 +218,7 @@ def dfs_candidates(context: dg.AssetExecutionContext, config: DFSRunConfig, dask
     if days:
         report = runner.run_dfs(dask.client, src.store_root, days, src.partition_start, config.dfs_config(),
                                 shards_per_worker=config.shards_per_worker, min_shard_entities=config.min_shard_entities,
-                                rediscover=config.rediscover)
+                                days_per_task=config.days_per_task, rediscover=config.rediscover)
     m = report.manifest
     extra = {}
     if m:

@@ -2,6 +2,7 @@
 
 import shutil
 import warnings
+from dataclasses import replace
 
 import featuretools as ft
 import numpy as np
@@ -27,7 +28,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def computed(store, dask_client):
     """DFS for the Sunday on the 2-worker cluster, small shards so there are several."""
-    rep = runner.run_dfs(dask_client, store.store_root, [SUNDAY], START, CFG, min_shard_entities=20)
+    rep = runner.run_dfs(dask_client, store.store_root, [SUNDAY], START, CFG, min_shard_entities=20, shards_per_worker=2)
     rep.raise_errors()
     return rep
 
@@ -76,7 +77,7 @@ def test_definitions_saved_as_versioned_artifact_and_reused(store, computed, das
     assert [f.get_name() for f in loaded] == m["features"]
     assert sum(m["pruned_on_sample"].values()) > 0 and len(m["features"]) <= CFG.max_features
     # a second run finds the artifact and does not rediscover
-    again = runner.run_dfs(dask_client, store.store_root, [SUNDAY], START, CFG, min_shard_entities=20)
+    again = runner.run_dfs(dask_client, store.store_root, [SUNDAY], START, CFG, min_shard_entities=20, shards_per_worker=2)
     assert "discovered_in_this_run" not in again.manifest and again.manifest["definitions_sha"] == m["definitions_sha"]
 
 
@@ -121,7 +122,7 @@ def test_events_at_or_after_the_cutoff_change_no_value(store, computed, dask_cli
     write_partition(pd.concat([read_partition(src, "raw_events", nxt), leak], ignore_index=True), leaky_root, "raw_events", nxt)
     # ... and, as if the store had been written wrongly, inside day D's own partition too
     write_partition(pd.concat([read_partition(src, "raw_events", SUNDAY), leak], ignore_index=True), leaky_root, "raw_events", SUNDAY)
-    rep = runner.run_dfs(dask_client, leaky_root, [SUNDAY], START, CFG, min_shard_entities=20)
+    rep = runner.run_dfs(dask_client, leaky_root, [SUNDAY], START, CFG, min_shard_entities=20, shards_per_worker=2)
     rep.raise_errors()
     assert rep.manifest["definitions_sha"] == computed.manifest["definitions_sha"]
     after = read_partition(leaky_root, dfs.ASSET, SUNDAY)
@@ -171,8 +172,6 @@ def test_an_entity_without_events_gets_zero_counts(store, computed):
 def test_listing_many_days_at_once_equals_listing_each(store):
     """A backfill lists its days' entities from one read of their windows' union: the lists equal
     a plain pandas read of each day's window (events before the cutoff, plus the users snapshot)."""
-    from dataclasses import replace
-
     from featurecore.candidates.common import read_window, window_days
 
     days = [shift_day(SUNDAY, -k) for k in (20, 13, 6, 0)] + [START]
@@ -185,3 +184,34 @@ def test_listing_many_days_at_once_equals_listing_each(store):
             expected.append(sorted(ids | (snapshot if cfg.entities == "all" else set())))
         assert dfs.list_entities_many(store.store_root, days, START, cfg) == expected
         assert [dfs.list_entities(store.store_root, d, START, cfg) for d in days] == expected
+
+
+def test_a_backfill_shard_computing_several_cutoffs_equals_one_day_at_a_time(store, computed, dask_client, tmp_path):
+    """A multi-day run computes each shard's cutoffs from one EntitySet of their windows' union: every
+    day equals a single-process computation of that day alone (sessions spanning midnight included)."""
+    root = tmp_path / "backfill"
+    shutil.copytree(store.store_root, root, ignore=shutil.ignore_patterns(dfs.ASSET))
+    root = str(root)
+    days = [shift_day(SUNDAY, -k) for k in (9, 7, 2, 0)]
+    ev = read_partition(root, "raw_events", shift_day(SUNDAY, -3))
+    # a session that crosses midnight: it must count as two session-days in every computation
+    late = ev.iloc[:40].copy()
+    late["ts"] = cutoff(shift_day(SUNDAY, -3)) - pd.Timedelta(minutes=1)
+    early = late.copy()
+    early["ts"] = cutoff(shift_day(SUNDAY, -3)) + pd.Timedelta(minutes=1)
+    early["event_id"] = early["event_id"] + "-next"
+    write_partition(pd.concat([ev, late], ignore_index=True), root, "raw_events", shift_day(SUNDAY, -3))
+    nxt = read_partition(root, "raw_events", shift_day(SUNDAY, -2))
+    write_partition(pd.concat([nxt, early], ignore_index=True), root, "raw_events", shift_day(SUNDAY, -2))
+    # a 3-day window: SUNDAY's window starts at the planted midnight, the other days' windows hold it whole
+    cfg = replace(CFG, training_window_days=3)
+    rep = runner.run_dfs(dask_client, root, days, START, cfg, min_shard_entities=20, days_per_task=4)
+    rep.raise_errors()
+    assert [d["day"] for d in rep.days] == sorted(days) and all(d["shards"] == 2 for d in rep.days)
+    manifest = rep.manifest
+    for d in days:
+        ents = dfs.list_entities(root, d, START, cfg)
+        alone, _ = dfs.compute(root, d, START, cfg, manifest, ents)
+        got = read_partition(root, dfs.ASSET, d)
+        pd.testing.assert_frame_equal(got.sort_values("user_id", ignore_index=True), alone.sort_values("user_id", ignore_index=True),
+                                      rtol=1e-12, check_dtype=False)

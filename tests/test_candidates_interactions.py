@@ -8,7 +8,7 @@ import pytest
 from candidate_store import DAYS, START, SUNDAY, build_store
 
 from featurecore.candidates import encodings, interactions, runner
-from featurecore.candidates.common import Cadence, CandidateError, plan_shards, shard_count
+from featurecore.candidates.common import Cadence, CandidateError, plan_shards, plan_weighted_shards, shard_count
 from featurecore.candidates.costs import feature_families, read_costs, write_costs
 from featurecore.candidates.reduction import apply_pca, fit_pca, hash_bags
 from featurecore.groups import GROUPS
@@ -155,6 +155,13 @@ def test_cadence_and_shards():
     assert shard_count(10_000, 4, min_shard_entities=1000, days_in_run=6) == 2
     shards = plan_shards([f"u{i:03d}" for i in range(10)], 3)
     assert [len(s) for s in shards] == [4, 3, 3] and sorted(sum(shards, [])) == [f"u{i:03d}" for i in range(10)]
+    # weighted: every entity once, totals as even as heaviest-first allows, deterministic
+    rng = np.random.default_rng(3)
+    weights = {f"u{i:04d}": float(w) for i, w in enumerate(rng.pareto(1.5, 2000) * 10 + 1)}
+    shards = plan_weighted_shards(weights, 3)
+    assert sorted(sum(shards, [])) == sorted(weights) and shards == plan_weighted_shards(dict(reversed(weights.items())), 3)
+    loads = [sum(weights[e] for e in s) for s in shards]
+    assert max(loads) - min(loads) <= max(weights.values()) and plan_weighted_shards({}, 2) == []
 
 
 def test_encodings_ignore_events_at_or_after_the_cutoff(store, dask_client, tmp_path):

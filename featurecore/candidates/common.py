@@ -124,6 +124,21 @@ def plan_shards(entities: Iterable, n_shards: int) -> list[list]:
     return [s for s in (ents[i::n_shards] for i in range(n_shards)) if s]
 
 
+def plan_weighted_shards(weights: dict, n_shards: int) -> list[list]:
+    """Split entities into `n_shards` of nearly equal total weight (heaviest first onto the lightest shard)."""
+    import heapq
+
+    if n_shards <= 0 or not weights:
+        return []
+    heap = [(0.0, i) for i in range(n_shards)]
+    shards: list[list] = [[] for _ in range(n_shards)]
+    for e in sorted(weights, key=lambda e: (-weights[e], e)):
+        load, i = heapq.heappop(heap)
+        shards[i].append(e)
+        heapq.heappush(heap, (load + weights[e], i))
+    return [sorted(s) for s in shards if s]
+
+
 def staging_dir(store_root: str | os.PathLike, asset: str, day: str, token: str) -> Path:
     """A hidden sibling folder of `date=D` where a run's shards write their parts."""
     target = partition_dir(store_root, asset, day)

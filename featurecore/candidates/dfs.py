@@ -11,6 +11,12 @@ Flow for partition day D (cutoff ``t = D+1 00:00 UTC``):
    records the EntitySet schema so every shard builds the same one.
 2. **Compute** for all entities: ``calculate_feature_matrix`` per entity shard, each a Dask
    task that reads its entities' events of the training window and writes its own part.
+   A shard covers several cutoffs at once (a backfill): one read of the union of their
+   windows, one EntitySet and one ``calculate_feature_matrix`` with a cutoff time per
+   (entity, day), split back into day partitions. Sessions are session-days (entity,
+   session id, UTC day), so an EntitySet holding more days than one window gives every
+   cutoff exactly the values of an EntitySet built for that cutoff alone: window starts
+   and cutoffs are midnights, and no session-day straddles one.
 
 Time rules: only events with ``ts < t`` are read, and Featuretools is called with
 ``include_cutoff_time=False`` and ``training_window = N days`` (rows with
@@ -87,7 +93,7 @@ class DFSConfig:
         """Version of the feature definitions: a hash of this config and the Featuretools version."""
         import featuretools as ft
 
-        return config_hash(self, ft.__version__, "dfs-1")
+        return config_hash(self, ft.__version__, "dfs-2")  # dfs-2: session-days
 
 
 # --------------------------------------------------------------------------- inputs
@@ -107,10 +113,16 @@ def check_source(store_root: str, day: str, start: str, cfg: DFSConfig) -> None:
 
 def read_events(store_root: str, day: str, start: str, cfg: DFSConfig, entities: list | None) -> pd.DataFrame:
     """Events of the training window before the cutoff (only `entities` when given), with `amount`."""
+    return read_events_many(store_root, [day], start, cfg, entities)
+
+
+def read_events_many(store_root: str, days: list[str], start: str, cfg: DFSConfig, entities: list | None) -> pd.DataFrame:
+    """Events of the union of the days' training windows before the last cutoff, with `amount`."""
     cols = [cfg.entity, "ts", *[c for c in EVENT_TYPES if c != "amount"]]
-    avail = source_columns(store_root, cfg.source, _window(day, start, cfg))
-    ev = read_window(store_root, cfg.source, _window(day, start, cfg), [c for c in cols if c in avail],
-                     entity=cfg.entity, entities=entities, before=cutoff_of(day))
+    union = sorted(set().union(*[_window(d, start, cfg) for d in days]), key=to_day)
+    avail = source_columns(store_root, cfg.source, union)
+    ev = read_window(store_root, cfg.source, union, [c for c in cols if c in avail],
+                     entity=cfg.entity, entities=entities, before=max(cutoff_of(d) for d in days))
     if "price" in ev.columns and "quantity" in ev.columns:
         ev["amount"] = ev["price"] * ev["quantity"]
     return ev
@@ -123,6 +135,11 @@ def list_entities(store_root: str, day: str, start: str, cfg: DFSConfig) -> list
 
 def list_entities_many(store_root: str, days: list[str], start: str, cfg: DFSConfig) -> list[list[str]]:
     """``list_entities`` of several days from one read of their windows' union (a backfill's listing)."""
+    return [sorted(c) for c in entity_counts_many(store_root, days, start, cfg)]
+
+
+def entity_counts_many(store_root: str, days: list[str], start: str, cfg: DFSConfig) -> list[dict[str, int]]:
+    """Per day, each entity -> its events in the day's window (0 for snapshot-only users), from one read."""
     if not days:
         return []
     for d in sorted(set(days)):
@@ -130,20 +147,22 @@ def list_entities_many(store_root: str, days: list[str], start: str, cfg: DFSCon
     union = sorted(set().union(*[_window(d, start, cfg) for d in days]), key=to_day)
     # Arrow end to end: a window holds millions of events, its distinct entities are few
     tbl = read_window_table(store_root, cfg.source, union, [cfg.entity, "ts"], before=max(cutoff_of(d) for d in days))
-    snap: set[str] = set()
+    snap: dict[str, int] = {}
     if cfg.entities == "all" and (Path(store_root) / "users" / "snapshot.parquet").is_file():
-        snap = set(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str))
+        snap = dict.fromkeys(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str), 0)
     out = []
     for d in days:
         win = _window(d, start, cfg)
         if tbl is None or not win or tbl.num_rows == 0:
-            out.append(sorted(snap))
+            out.append(dict(snap))
             continue
         ts = tbl.column("ts")
         lo = pa.scalar(day_start(win[0]).to_pydatetime(), type=ts.type)
         hi = pa.scalar(cutoff_of(d).to_pydatetime(), type=ts.type)
-        ids = pc.unique(pc.drop_null(pc.filter(tbl.column(cfg.entity), pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))))
-        out.append(sorted({str(v) for v in ids.to_pylist()} | snap))
+        vc = pc.value_counts(pc.drop_null(pc.filter(tbl.column(cfg.entity), pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))))
+        counts = dict(snap)
+        counts.update(zip(map(str, vc.field("values").to_pylist()), vc.field("counts").to_pylist()))
+        out.append(counts)
     return out
 
 
@@ -209,10 +228,13 @@ def _build_entityset(events, users, products, schema, entities):
         ev[c] = col.astype("float64").to_numpy() if t == "Double" else col.astype(object).where(col.notna(), None).to_numpy()
     if schema["sessions"]:
         # Events without a session id form a session of their own; the entity is part of the
-        # session key so a session id reused by two entities cannot mix them.
+        # session key so a session id reused by two entities cannot mix them; the UTC day is
+        # too, so no session straddles a window start or cutoff (both midnights) and one
+        # EntitySet serves any set of cutoffs with the values of one built per cutoff.
         missing = ev["session_id"].isna()
         ev.loc[missing, "session_id"] = "_event_" + ev.loc[missing, "_event"].astype(str)
-        ev["session_id"] = ev[key].astype(str) + "|" + ev["session_id"].astype(str)
+        ev["session_id"] = (ev[key].astype(str) + "|" + ev["session_id"].astype(str) + "|"
+                            + ev["ts"].to_numpy().astype("datetime64[D]").astype("int64").astype(str).astype(object))
     ev = ev.sort_values(["ts", "_event"], kind="stable").reset_index(drop=True)
 
     es = ft.EntitySet("candidates")
@@ -277,19 +299,29 @@ def _cutoff_frame(entities: list, day: str, key: str) -> pd.DataFrame:
 
 def feature_matrix(es, features: list, entities: list, day: str, cfg: DFSConfig) -> pd.DataFrame:
     """`calculate_feature_matrix` at the cutoff of `day` (include_cutoff_time=False), fill rule applied."""
+    return feature_matrix_many(es, features, {day: entities}, cfg)[day]
+
+
+def feature_matrix_many(es, features: list, entities_by_day: dict[str, list], cfg: DFSConfig) -> dict[str, pd.DataFrame]:
+    """One `calculate_feature_matrix` for every (entity, day cutoff) pair; one frame per day, fill rule applied."""
     import featuretools as ft
 
     key = cfg.entity
-    ct = _cutoff_frame(entities, day, key)
+    cts = {d: _cutoff_frame(ents, d, key) for d, ents in entities_by_day.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # woodwork/pandas FutureWarnings, "last_time_index is not set"
         fm = ft.calculate_feature_matrix(
-            features=features, entityset=es, cutoff_time=ct,
+            features=features, entityset=es, cutoff_time=pd.concat(cts.values(), ignore_index=True),
             training_window=None if cfg.training_window_days is None else f"{cfg.training_window_days} days",
-            include_cutoff_time=False, n_jobs=1, verbose=False,
+            include_cutoff_time=False, cutoff_time_in_index=True, n_jobs=1, verbose=False,
         )
-    fm = fm.reindex(ct[key])
-    return apply_fill_rule(fm, features)
+    fm = apply_fill_rule(fm, features)
+    times = fm.index.get_level_values("time")
+    out = {}
+    for d, ct in cts.items():
+        part = fm[times == ct["time"].iloc[0]] if len(ct) else fm.iloc[:0]
+        out[d] = part.droplevel("time").reindex(ct[key])
+    return out
 
 
 def apply_fill_rule(fm: pd.DataFrame, features: list) -> pd.DataFrame:
@@ -408,23 +440,40 @@ def compute(store_root: str, day: str, start: str, cfg: DFSConfig, manifest: dic
     """Candidate rows of `entities` at day D's cutoff (pure: returns the frame and per-family seconds)."""
     if not entities:
         raise EmptyShardError(f"{ASSET} {day}: empty shard (no entities)")
+    frames, seconds = compute_many(store_root, start, cfg, manifest, {day: entities}, events)
+    return frames[day], seconds
+
+
+def compute_many(store_root: str, start: str, cfg: DFSConfig, manifest: dict, entities_by_day: dict[str, list],
+                 events: pd.DataFrame | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Candidate rows of each day's entities at its cutoff from one EntitySet (pure: frames per day, family seconds)."""
+    entities_by_day = {d: e for d, e in entities_by_day.items() if len(e)}
+    if not entities_by_day:
+        raise EmptyShardError(f"{ASSET}: empty shard (no entities on any day)")
     t0 = time.perf_counter()
     feats = load_definitions(store_root, manifest)
+    union = sorted(set().union(*[set(map(str, e)) for e in entities_by_day.values()]))
+    days = sorted(entities_by_day, key=to_day)
     if events is None:
-        events = read_events(store_root, day, start, cfg, list(entities))
-    es = build_entityset(events, _dimension(store_root, "users"), _dimension(store_root, "products"), manifest["schema"], entities)
-    fm = feature_matrix(es, feats, entities, day, cfg)
-    keys = pd.DataFrame({cfg.entity: fm.index.astype(str)})
+        events = read_events_many(store_root, days, start, cfg, union)
+    es = build_entityset(events, _dimension(store_root, "users"), _dimension(store_root, "products"), manifest["schema"], union)
+    fms = feature_matrix_many(es, feats, entities_by_day, cfg)
     seconds = {FAMILY: time.perf_counter() - t0}
-    blocks = [fm[manifest["features"]]]
+    model = None
     if "pca" in manifest:
         from .reduction import apply_pca, load_pca
 
-        t1 = time.perf_counter()
         model = load_pca(artifact_dir(store_root, ASSET, manifest["version"]) / "pca.npz")
-        blocks.append(apply_pca(fm[manifest["features"]].astype("float64"), model, "dfs"))
-        seconds[PCA_FAMILY] = time.perf_counter() - t1
-    return as_candidates(pd.concat(blocks, axis=1), keys, day), seconds
+    out = {}
+    for d in days:
+        fm = fms[d]
+        blocks = [fm[manifest["features"]]]
+        if model is not None:
+            t1 = time.perf_counter()
+            blocks.append(apply_pca(fm[manifest["features"]].astype("float64"), model, "dfs"))
+            seconds[PCA_FAMILY] = seconds.get(PCA_FAMILY, 0.0) + time.perf_counter() - t1
+        out[d] = as_candidates(pd.concat(blocks, axis=1), pd.DataFrame({cfg.entity: fm.index.astype(str)}), d)
+    return out, seconds
 
 
 def families(manifest: dict) -> dict[str, list[str]]:
@@ -435,18 +484,28 @@ def families(manifest: dict) -> dict[str, list[str]]:
     return out
 
 
-def shard_task(store_root: str, day: str, start: str, cfg: DFSConfig, manifest: dict, entities: list,
-               staging: str, index: int, n_shards: int) -> dict:
-    """Dask task: compute one entity shard and write its part into the staging folder; small stats back."""
+def shard_task(store_root: str, start: str, cfg: DFSConfig, manifest: dict, entities_by_day: dict[str, list],
+               staging: dict[str, str], index: int, n_shards: int) -> dict[str, dict]:
+    """Dask task: one entity shard over one or more days; writes a part per day, small stats per day back."""
     t0, c0 = time.perf_counter(), time.thread_time()
+    days = sorted((d for d, e in entities_by_day.items() if len(e)), key=to_day)
+    where = f"{ASSET} {days[0]}" + (f"..{days[-1]}" if len(days) > 1 else "") if days else ASSET
     try:
-        df, seconds = compute(store_root, day, start, cfg, manifest, entities)
-        w = write_part(df, Path(staging), index)
+        frames, seconds = compute_many(store_root, start, cfg, manifest, entities_by_day)
+        written = {d: (frames[d], write_part(frames[d], Path(staging[d]), index)) for d in days}
     except CandidateError as exc:
-        raise type(exc)(f"{ASSET} {day} shard {index + 1}/{n_shards}: {exc}") from exc
+        raise type(exc)(f"{where} shard {index + 1}/{n_shards}: {exc}") from exc
     except Exception as exc:
-        raise CandidateError(f"{ASSET} {day} shard {index + 1}/{n_shards} ({len(entities)} entities): {type(exc).__name__}: {exc}") from exc
-    return {"day": day, "shard": index, "entities": len(entities), "rows": w["rows"], "bytes": w["bytes"],
-            "column_bytes": w["column_bytes"], "seconds": seconds, "task_seconds": time.perf_counter() - t0,
-            "cpu_seconds": time.thread_time() - c0, "worker": worker_name(),
-            "null_share": float(df[manifest["features"]].isna().to_numpy().mean()) if len(df) else 0.0}
+        n = len(set().union(*[set(e) for e in entities_by_day.values()]))
+        raise CandidateError(f"{where} shard {index + 1}/{n_shards} ({n} entities): {type(exc).__name__}: {exc}") from exc
+    # one computation served every day: its time is shared out by rows
+    total = max(sum(len(df) for df, _ in written.values()), 1)
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    out = {}
+    for d, (df, w) in written.items():
+        share = len(df) / total
+        out[d] = {"day": d, "shard": index, "entities": len(df), "rows": w["rows"], "bytes": w["bytes"],
+                  "column_bytes": w["column_bytes"], "seconds": {k: v * share for k, v in seconds.items()},
+                  "task_seconds": wall * share, "cpu_seconds": cpu * share, "worker": worker_name(),
+                  "null_share": float(df[manifest["features"]].isna().to_numpy().mean()) if len(df) else 0.0}
+    return out

@@ -19,8 +19,8 @@ import pandas as pd
 
 from . import dfs, encodings, interactions, tsfresh_features
 from .common import (
-    CandidateError, EmptyShardError, commit_partition, discard_staging, new_token, plan_shards, shard_count,
-    staging_dir, write_part,
+    CandidateError, EmptyShardError, commit_partition, discard_staging, new_token, plan_shards, plan_weighted_shards,
+    shard_count, staging_dir, write_part,
 )
 from .costs import family_costs, write_costs
 
@@ -28,6 +28,12 @@ from .costs import family_costs, write_costs
 # Featuretools pays ~0.2 s CPU per calculate_feature_matrix call for ~100 features whatever the
 # shard size, and ~0.7 ms per entity on the demo: shards under ~1000 entities mostly pay overhead.
 DFS_MIN_SHARD = 1000
+# A DFS shard computes up to this many cutoffs from one EntitySet: one read of their windows'
+# union instead of one per cutoff, while a long backfill's shard still holds a bounded window.
+DFS_DAYS_PER_TASK = 8
+# A DFS shard's cost per (entity, cutoff) row, in events of the row's window: rows are balanced
+# across shards by events + this (Featuretools' work grows with both).
+DFS_ROW_COST_EVENTS = 10
 # tsfresh's cost is per series (~35 ms each with EfficientFCParameters on 28 points) and a shard's fixed
 # cost (read, frame, a 1,500-column Parquet part) is ~0.25 s: 50 entities keep that near 5%.
 TSFRESH_MIN_SHARD = 50
@@ -75,7 +81,8 @@ def n_workers(client) -> int:
 
 
 def _finish_day(store_root: str, asset: str, day: str, staging: Path, futures: list, families: dict, t0: float,
-                extra: dict | None = None) -> tuple[dict | None, str | None]:
+                extra: dict | None = None, per_day: bool = False) -> tuple[dict | None, str | None]:
+    """Commit a day once all its shards finished (`per_day`: a shard's result maps day -> its stats)."""
     from distributed import wait
 
     wait(futures)
@@ -85,6 +92,8 @@ def _finish_day(store_root: str, asset: str, day: str, staging: Path, futures: l
         exc = failed[0].exception()
         return None, f"{day}: {type(exc).__name__}: {exc}" + (f" (and {len(failed) - 1} more shard(s))" if len(failed) > 1 else "")
     results = [f.result() for f in futures]
+    if per_day:
+        results = [r[day] for r in results if day in r]
     commit_partition(store_root, asset, day, staging)
     seconds: dict[str, float] = {}
     col_bytes: dict[str, int] = {}
@@ -131,14 +140,10 @@ def _empty_day(store_root: str, asset: str, day: str, token: str, keys: list[str
 
 def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_of: Callable, submit_shard: Callable,
                  families: dict, keys: list[str], features: list[str], shards_per_worker: int, min_shard_entities: int,
-                 report: RunReport, only_entities: list | None = None, entities_of_many: Callable | None = None) -> RunReport:
+                 report: RunReport, only_entities: list | None = None) -> RunReport:
     t0 = time.perf_counter()
     token = new_token()
-    if entities_of_many is not None and len(days) > 1:
-        # one task reads the union of the days' windows once (the listing is on the critical path)
-        entity_lists = client.submit(entities_of_many, days, pure=False).result()
-    else:
-        entity_lists = client.gather([client.submit(entities_of, d, pure=False) for d in days])
+    entity_lists = client.gather([client.submit(entities_of, d, pure=False) for d in days])
     if only_entities is not None:
         keep = set(only_entities)
         entity_lists = [[e for e in ents if e in keep] for ents in entity_lists]
@@ -163,10 +168,14 @@ def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_
     return report
 
 
-def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSConfig, *, shards_per_worker: int = 3,
-            min_shard_entities: int = DFS_MIN_SHARD, rediscover: bool = False, only_entities: list | None = None) -> RunReport:
-    """DFS candidates for `days`: discover definitions on a sample if needed, then one task per entity shard.
+def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSConfig, *, shards_per_worker: int = 1,
+            min_shard_entities: int = DFS_MIN_SHARD, days_per_task: int = DFS_DAYS_PER_TASK, rediscover: bool = False,
+            only_entities: list | None = None) -> RunReport:
+    """DFS candidates for `days`: discover definitions on a sample if needed, then one task per entity shard
+    and group of up to `days_per_task` days (one EntitySet and one calculate_feature_matrix for all its cutoffs).
 
+    One shard per worker by default: every shard decodes its days' whole window (the entity
+    filter skips no row unread), so more shards buy balance at the price of more reading.
     `only_entities` restricts every day to those entities (benchmarks, partial recomputes).
     """
     report = RunReport(dfs.ASSET)
@@ -176,14 +185,51 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
         manifest = client.submit(dfs.discover, store_root, days[0], start, cfg, pure=False).result()
         manifest = {**manifest, "discovered_in_this_run": True}
     report.manifest, report.prepare_seconds = manifest, time.perf_counter() - t0
+    fams = dfs.families(manifest)
+    features = manifest["features"] + fams.get(dfs.PCA_FAMILY, [])
 
-    def submit(day, shard, staging, i, n):
-        return client.submit(dfs.shard_task, store_root, day, start, cfg, manifest, shard, staging, i, n, pure=False)
-
-    return _run_sharded(client, store_root, dfs.ASSET, days, lambda d: dfs.list_entities(store_root, d, start, cfg), submit,
-                        dfs.families(manifest), [cfg.entity], manifest["features"] + dfs.families(manifest).get(dfs.PCA_FAMILY, []),
-                        shards_per_worker, min_shard_entities, report, only_entities,
-                        entities_of_many=lambda ds: dfs.list_entities_many(store_root, ds, start, cfg))
+    t0 = time.perf_counter()
+    token = new_token()
+    # one task reads the union of the days' windows once (the listing is on the critical path)
+    counts = client.submit(dfs.entity_counts_many, store_root, days, start, cfg, pure=False).result()
+    if only_entities is not None:
+        keep = set(only_entities)
+        counts = [{e: n for e, n in c.items() if e in keep} for c in counts]
+    counted = dict(zip(days, counts))
+    listed = {d: sorted(c) for d, c in counted.items()}
+    for day in days:
+        if not listed[day]:
+            report.days.append(_empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity],
+                                          features=features, families=fams))
+    busy = [d for d in days if listed[d]]
+    chunks = [busy[i:i + max(days_per_task, 1)] for i in range(0, len(busy), max(days_per_task, 1))]
+    workers = n_workers(client)
+    staging = {d: staging_dir(store_root, dfs.ASSET, d, token) for d in busy}
+    futures: dict[str, list] = {d: [] for d in busy}
+    for chunk in chunks:
+        weights: dict[str, float] = {}
+        for d in chunk:
+            for e, n in counted[d].items():
+                weights[e] = weights.get(e, 0.0) + n + DFS_ROW_COST_EVENTS
+        shards = plan_weighted_shards(weights, shard_count(len(weights), workers, shards_per_worker, min_shard_entities,
+                                                           days_in_run=len(chunks)))
+        for i, shard in enumerate(shards):
+            members = set(shard)
+            by_day = {d: [e for e in listed[d] if e in members] for d in chunk}
+            fut = client.submit(dfs.shard_task, store_root, start, cfg, manifest, by_day, {d: str(staging[d]) for d in chunk},
+                                i, len(shards), pure=False)
+            for d in chunk:
+                if by_day[d]:
+                    futures[d].append(fut)
+    for day in busy:
+        stat, err = _finish_day(store_root, dfs.ASSET, day, staging[day], futures[day], fams, t0, per_day=True)
+        if err:
+            report.errors.append(err)
+        else:
+            report.days.append(stat)
+    report.days.sort(key=lambda s: s["day"])
+    report.wall_seconds = time.perf_counter() - t0
+    return report
 
 
 def run_tsfresh(client, store_root: str, asset: str, days: list[str], start: str, cfg: tsfresh_features.TsfreshConfig, *,
