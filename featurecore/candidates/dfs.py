@@ -135,35 +135,58 @@ def list_entities(store_root: str, day: str, start: str, cfg: DFSConfig) -> list
 
 def list_entities_many(store_root: str, days: list[str], start: str, cfg: DFSConfig) -> list[list[str]]:
     """``list_entities`` of several days from one read of their windows' union (a backfill's listing)."""
-    return [sorted(c) for c in entity_counts_many(store_root, days, start, cfg)]
+    ec = entity_counts_many(store_root, days, start, cfg)
+    return [ec.day(i) for i in range(len(days))]
 
 
-def entity_counts_many(store_root: str, days: list[str], start: str, cfg: DFSConfig) -> list[dict[str, int]]:
-    """Per day, each entity -> its events in the day's window (0 for snapshot-only users), from one read."""
-    if not days:
-        return []
+@dataclass
+class EntityCounts:
+    """Entities of several days: sorted ids, events per (day, id) in the day's window, who is listed."""
+
+    ids: np.ndarray  # object, sorted
+    counts: np.ndarray  # int64 (days x ids)
+    listed: np.ndarray  # bool (days x ids): events in the window, or in the users snapshot (entities='all')
+
+    def day(self, i: int) -> list[str]:
+        """Sorted entities of the i-th day."""
+        return self.ids[self.listed[i]].tolist()
+
+    def restrict(self, keep: set) -> "EntityCounts":
+        """Only the entities in `keep`."""
+        m = np.fromiter((e in keep for e in self.ids), bool, len(self.ids))
+        return EntityCounts(self.ids[m], self.counts[:, m], self.listed[:, m])
+
+
+def entity_counts_many(store_root: str, days: list[str], start: str, cfg: DFSConfig) -> EntityCounts:
+    """Per day, each entity's events in the day's window (0 for snapshot-only users), from one read."""
     for d in sorted(set(days)):
         check_source(store_root, d, start, cfg)
     union = sorted(set().union(*[_window(d, start, cfg) for d in days]), key=to_day)
-    # Arrow end to end: a window holds millions of events, its distinct entities are few
-    tbl = read_window_table(store_root, cfg.source, union, [cfg.entity, "ts"], before=max(cutoff_of(d) for d in days))
-    snap: dict[str, int] = {}
+    # Arrow and numpy end to end: a window holds millions of events, its distinct entities are few
+    tbl = read_window_table(store_root, cfg.source, union, [cfg.entity, "ts"], before=max(cutoff_of(d) for d in days)) if days else None
+    snap = pa.array([], pa.string())
     if cfg.entities == "all" and (Path(store_root) / "users" / "snapshot.parquet").is_file():
-        snap = dict.fromkeys(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str), 0)
-    out = []
-    for d in days:
+        snap = pa.array(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str), pa.string())
+    if tbl is None or tbl.num_rows == 0:
+        ids = np.unique(snap.to_numpy(zero_copy_only=False).astype(object))
+        return EntityCounts(ids, np.zeros((len(days), len(ids)), "int64"), np.ones((len(days), len(ids)), bool))
+    enc = pc.dictionary_encode(tbl.column(cfg.entity).combine_chunks().cast(pa.string()))
+    every = pc.unique(pa.concat_arrays([enc.dictionary, snap]))
+    every = every.take(pc.sort_indices(every))  # Arrow's sort orders strings like Python's sorted()
+    ids = every.to_numpy(zero_copy_only=False).astype(object)
+    pos = pc.index_in(enc.dictionary, value_set=every).to_numpy(zero_copy_only=False)[pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False)]
+    valid = enc.indices.is_valid().to_numpy(zero_copy_only=False)
+    in_snap = pc.is_in(every, value_set=snap).to_numpy(zero_copy_only=False)
+    ts = tbl.column("ts").combine_chunks().cast(pa.int64()).to_numpy()
+    counts = np.zeros((len(days), len(ids)), "int64")
+    for i, d in enumerate(days):
         win = _window(d, start, cfg)
-        if tbl is None or not win or tbl.num_rows == 0:
-            out.append(dict(snap))
+        if not win:
             continue
-        ts = tbl.column("ts")
-        lo = pa.scalar(day_start(win[0]).to_pydatetime(), type=ts.type)
-        hi = pa.scalar(cutoff_of(d).to_pydatetime(), type=ts.type)
-        vc = pc.value_counts(pc.drop_null(pc.filter(tbl.column(cfg.entity), pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))))
-        counts = dict(snap)
-        counts.update(zip(map(str, vc.field("values").to_pylist()), vc.field("counts").to_pylist()))
-        out.append(counts)
-    return out
+        lo, hi = day_start(win[0]).value, cutoff_of(d).value
+        m = valid & (ts >= lo) & (ts < hi)
+        counts[i] = np.bincount(pos[m], minlength=len(ids))
+    return EntityCounts(ids, counts, (counts > 0) | in_snap)
 
 
 def _dimension(store_root: str, table: str) -> pd.DataFrame | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from . import dfs, encodings, interactions, tsfresh_features
@@ -191,31 +192,34 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
     t0 = time.perf_counter()
     token = new_token()
     # one task reads the union of the days' windows once (the listing is on the critical path)
-    counts = client.submit(dfs.entity_counts_many, store_root, days, start, cfg, pure=False).result()
+    ec = client.submit(dfs.entity_counts_many, store_root, days, start, cfg, pure=False).result()
     if only_entities is not None:
-        keep = set(only_entities)
-        counts = [{e: n for e, n in c.items() if e in keep} for c in counts]
-    counted = dict(zip(days, counts))
-    listed = {d: sorted(c) for d, c in counted.items()}
-    for day in days:
-        if not listed[day]:
+        ec = ec.restrict(set(only_entities))
+    busy = []
+    for i, day in enumerate(days):
+        if ec.listed[i].any():
+            busy.append(day)
+        else:
             report.days.append(_empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity],
                                           features=features, families=fams))
-    busy = [d for d in days if listed[d]]
-    chunks = [busy[i:i + max(days_per_task, 1)] for i in range(0, len(busy), max(days_per_task, 1))]
+    row = {d: i for i, d in enumerate(days)}
+    step = max(days_per_task, 1)
+    chunks = [busy[i:i + step] for i in range(0, len(busy), step)]
     workers = n_workers(client)
     staging = {d: staging_dir(store_root, dfs.ASSET, d, token) for d in busy}
     futures: dict[str, list] = {d: [] for d in busy}
     for chunk in chunks:
-        weights: dict[str, float] = {}
-        for d in chunk:
-            for e, n in counted[d].items():
-                weights[e] = weights.get(e, 0.0) + n + DFS_ROW_COST_EVENTS
-        shards = plan_weighted_shards(weights, shard_count(len(weights), workers, shards_per_worker, min_shard_entities,
-                                                           days_in_run=len(chunks)))
+        rows = [row[d] for d in chunk]
+        listed = ec.listed[rows]
+        member = listed.any(axis=0)
+        weight = (ec.counts[rows] + DFS_ROW_COST_EVENTS * listed).sum(axis=0)
+        shards = plan_weighted_shards(dict(zip(ec.ids[member], weight[member].tolist())),
+                                      shard_count(int(member.sum()), workers, shards_per_worker, min_shard_entities,
+                                                  days_in_run=len(chunks)))
         for i, shard in enumerate(shards):
-            members = set(shard)
-            by_day = {d: [e for e in listed[d] if e in members] for d in chunk}
+            in_shard = np.zeros(len(ec.ids), bool)
+            in_shard[np.searchsorted(ec.ids, np.array(shard, dtype=object))] = True  # ids are sorted
+            by_day = {d: ec.ids[listed[k] & in_shard].tolist() for k, d in enumerate(chunk)}
             fut = client.submit(dfs.shard_task, store_root, start, cfg, manifest, by_day, {d: str(staging[d]) for d in chunk},
                                 i, len(shards), pure=False)
             for d in chunk:
