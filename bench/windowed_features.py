@@ -114,7 +114,7 @@ def project_backfill(client, groups: list[FeatureGroup], store_root: str, days: 
     t0 = time.perf_counter()
     tile_stats = client.gather([client.submit(tile_day, d, groups, store_root, pure=False) for d in days])
     t_tiles = time.perf_counter() - t0
-    chunks = {g.name: plan_chunks(feature_days, g, n_workers) for g in groups}
+    chunks = {g.name: plan_chunks(feature_days, g, n_workers, concurrent=len(groups), store_root=store_root) for g in groups}
     futs = {g.name: [client.submit(features_range, chunk, g, store_root, start, pure=False)
                      for chunk in chunks[g.name]] for g in groups}
     feat_stats = {name: [s for part in client.gather(fs) for s in part] for name, fs in futs.items()}

@@ -334,21 +334,45 @@ def _rebuild_state(store_root: str, group: FeatureGroup, before: str, start: str
     return state
 
 
-def plan_chunks(days: list[str], group: FeatureGroup, n_workers: int) -> list[list[str]]:
+# A chunk's start-up when nothing is stored for the day before it (all-time state and window
+# prefix/suffix aggregates rebuilt from tiles) costs about as much as this many days of
+# steady work (10M-event benchmark: ~2.1 s vs ~0.6 s a day).
+CHUNK_STARTUP_DAYS = 4
+
+
+def stored_start(store_root: str, group: FeatureGroup, day: str) -> bool:
+    """True when the all-time state and window prefixes of the day before `day` are stored (a warm start)."""
+    prev = shift_day(day, -1)
+    if group.has_all_time and not partition_exists(store_root, state_asset(group), prev):
+        return False
+    return all(partition_exists(store_root, window_artefact(group, n, "prefix"), prev) for n in _sliding_sizes(group))
+
+
+def plan_chunks(days: list[str], group: FeatureGroup, n_workers: int, concurrent: int = 1,
+                store_root: str | None = None) -> list[list[str]]:
     """Split consecutive `days` into contiguous chunks that `features_range` can run in parallel.
 
     Every chunk rebuilds what it needs at its start from tiles (all-time state: one merge
     or a fold of the all-time columns; window prefixes/suffixes: at most two windows of
-    tiles), and the results are identical to one chain. One chunk per worker, but never
-    chunks shorter than the largest window (their start-up would dominate).
+    tiles), and the results are identical to one chain. The `concurrent` groups of a run
+    share the workers. A chunk after the first always pays a start-up (about
+    ``CHUNK_STARTUP_DAYS`` days of work); the first pays it too unless the day before the
+    range is stored (``stored_start``, checked when `store_root` is given). So a cold
+    range is split over every free worker, a warm one only when the split still ends
+    sooner than carrying the stored state through the whole range.
     """
     if not days:
         return []
-    n_workers = max(int(n_workers), 1)
-    min_len = max(group.max_window_days, 1)
-    n = max(1, min(n_workers, len(days) // min_len if len(days) >= min_len else 1))
-    size = math.ceil(len(days) / n)
-    return [days[i: i + size] for i in range(0, len(days), size)]
+    slots = max(int(n_workers) // max(int(concurrent), 1), 1)
+    n_days = len(days)
+    warm = store_root is not None and stored_start(store_root, group, days[0])
+    n = min(slots, n_days)
+    if warm:
+        # makespan with n chunks ~ S + ceil(L / n) days, against L days in one warm chain
+        while n > 1 and CHUNK_STARTUP_DAYS + math.ceil(n_days / n) >= n_days:
+            n -= 1
+    size = math.ceil(n_days / max(n, 1))
+    return [days[i: i + size] for i in range(0, n_days, size)]
 
 
 def feature_stats(df: pd.DataFrame, group: FeatureGroup) -> dict:

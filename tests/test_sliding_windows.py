@@ -190,6 +190,11 @@ def test_sliding_runs_are_identical_however_split(world, gi):
     for d in days:
         features_range([d], g, inc, DAYS[0])
     pd.testing.assert_frame_equal(_read(inc, g, days), ref, check_exact=True)
+    # a cold range is split over the free workers; a warm one (the day before is stored) is
+    # split only when that still ends sooner than carrying the stored state through it
+    assert [len(c) for c in plan_chunks(days[5:10], g, 2)] == [3, 2]
+    assert [len(c) for c in plan_chunks(days[5:10], g, 2, store_root=inc)] == [5]
+    assert len(plan_chunks(days[5:10], g, 2, concurrent=2)) == 1
 
     chunked = _copy(root, f"chunk{gi}")
     for chunk in reversed(plan_chunks(days, g, 3) + [days[10:13], days[20:21]]):
