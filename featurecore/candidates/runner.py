@@ -126,6 +126,20 @@ def _finish_day(store_root: str, asset: str, day: str, staging: Path, futures: l
     return stat, None
 
 
+def _finish_all(store_root: str, asset: str, pending: list, families: dict, t0: float, report: RunReport,
+                per_day: bool = False) -> RunReport:
+    """Commit every (day, staging, futures) of a run in turn; failed days become report errors."""
+    for day, staging, futs in pending:
+        stat, err = _finish_day(store_root, asset, day, staging, futs, families, t0, per_day=per_day)
+        if err:
+            report.errors.append(err)
+        else:
+            report.days.append(stat)
+    report.days.sort(key=lambda s: s["day"])
+    report.wall_seconds = time.perf_counter() - t0
+    return report
+
+
 def _empty_day(store_root: str, asset: str, day: str, token: str, keys: list[str], features: list[str], families: dict) -> dict:
     """A day with no entities: an empty partition with the full schema, and a note."""
     from .common import as_candidates
@@ -158,15 +172,7 @@ def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_
         staging = staging_dir(store_root, asset, day, token)
         futs = [submit_shard(day, shard, str(staging), i, len(shards)) for i, shard in enumerate(shards)]
         pending.append((day, staging, futs))
-    for day, staging, futs in pending:
-        stat, err = _finish_day(store_root, asset, day, staging, futs, families, t0)
-        if err:
-            report.errors.append(err)
-        else:
-            report.days.append(stat)
-    report.days.sort(key=lambda s: s["day"])
-    report.wall_seconds = time.perf_counter() - t0
-    return report
+    return _finish_all(store_root, asset, pending, families, t0, report)
 
 
 def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSConfig, *, shards_per_worker: int = 1,
@@ -225,15 +231,7 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
             for d in chunk:
                 if by_day[d]:
                     futures[d].append(fut)
-    for day in busy:
-        stat, err = _finish_day(store_root, dfs.ASSET, day, staging[day], futures[day], fams, t0, per_day=True)
-        if err:
-            report.errors.append(err)
-        else:
-            report.days.append(stat)
-    report.days.sort(key=lambda s: s["day"])
-    report.wall_seconds = time.perf_counter() - t0
-    return report
+    return _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in busy], fams, t0, report, per_day=True)
 
 
 def run_tsfresh(client, store_root: str, asset: str, days: list[str], start: str, cfg: tsfresh_features.TsfreshConfig, *,
@@ -267,14 +265,7 @@ def _run_daily(client, store_root: str, asset: str, days: list[str], task: Calla
     for day in days:
         staging = staging_dir(store_root, asset, day, token)
         pending.append((day, staging, [task(day, str(staging))]))
-    for day, staging, futs in pending:
-        stat, err = _finish_day(store_root, asset, day, staging, futs, families, t0)
-        if err:
-            report.errors.append(err)
-        else:
-            report.days.append(stat)
-    report.wall_seconds = time.perf_counter() - t0
-    return report
+    return _finish_all(store_root, asset, pending, families, t0, report)
 
 
 def run_interactions(client, store_root: str, days: list[str], cfg: interactions.InteractionConfig, *, replan: bool = False) -> RunReport:
