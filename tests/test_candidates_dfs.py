@@ -203,6 +203,13 @@ def test_a_backfill_shard_computing_several_cutoffs_equals_one_day_at_a_time(sto
     write_partition(pd.concat([ev, late], ignore_index=True), root, "raw_events", shift_day(SUNDAY, -3))
     nxt = read_partition(root, "raw_events", shift_day(SUNDAY, -2))
     write_partition(pd.concat([nxt, early], ignore_index=True), root, "raw_events", shift_day(SUNDAY, -2))
+    # events of the first day's users exactly at (and just after) its cutoff: in the 4-day shard's
+    # input, never in that day's values (it is compared below with the day computed alone)
+    first, after = days[0], shift_day(days[0], 1)
+    at_cut = read_partition(root, "raw_events", first).iloc[:60].copy()
+    at_cut["ts"] = cutoff(first) + pd.to_timedelta(np.arange(60) % 3, unit="min")
+    at_cut["event_id"] = at_cut["event_id"] + "-at-cutoff"
+    write_partition(pd.concat([read_partition(root, "raw_events", after), at_cut], ignore_index=True), root, "raw_events", after)
     # a 3-day window: SUNDAY's window starts at the planted midnight, the other days' windows hold it whole
     cfg = replace(CFG, training_window_days=3)
     rep = runner.run_dfs(dask_client, root, days, START, cfg, min_shard_entities=20, days_per_task=4)
@@ -215,3 +222,24 @@ def test_a_backfill_shard_computing_several_cutoffs_equals_one_day_at_a_time(sto
         got = read_partition(root, dfs.ASSET, d)
         pd.testing.assert_frame_equal(got.sort_values("user_id", ignore_index=True), alone.sort_values("user_id", ignore_index=True),
                                       rtol=1e-12, check_dtype=False)
+
+
+def test_listing_copes_with_events_without_an_entity(tmp_path):
+    """A window whose events all lack the entity lists no one (nor crashes), apart from snapshot users."""
+    day = START
+    ev = pd.DataFrame({"user_id": pd.Series([None, None], dtype=object),
+                       "ts": [cutoff(day) - pd.Timedelta(hours=2), cutoff(day) - pd.Timedelta(hours=1)]})
+    write_partition(ev, str(tmp_path), "raw_events", day)
+    ec = dfs.entity_counts_many(str(tmp_path), [day], START, CFG)
+    assert ec.day(0) == [] and ec.counts.shape == (1, 0)
+
+
+def test_backfill_day_groups_are_even_and_keep_every_worker_busy():
+    from featurecore.candidates.runner import _day_groups
+
+    days = [shift_day(START, k) for k in range(17)]
+    assert [len(g) for g in _day_groups(days[:9], 8, 2)] == [5, 4]
+    assert [len(g) for g in _day_groups(days, 8, 2)] == [5, 4, 4, 4]
+    assert [len(g) for g in _day_groups(days[:4], 8, 2)] == [4]
+    assert [len(g) for g in _day_groups(days[:3], 1, 2)] == [1, 1, 1]
+    assert sum(_day_groups(days, 8, 2), []) == days and _day_groups([], 8, 2) == []

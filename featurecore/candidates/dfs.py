@@ -18,10 +18,11 @@ Flow for partition day D (cutoff ``t = D+1 00:00 UTC``):
    cutoff exactly the values of an EntitySet built for that cutoff alone: window starts
    and cutoffs are midnights, and no session-day straddles one.
 
-Time rules: only events with ``ts < t`` are read, and Featuretools is called with
+Time rules: only events before the shard's last cutoff are read (``ts < t`` for a one-day
+shard), and Featuretools is called with a cutoff time per (entity, day),
 ``include_cutoff_time=False`` and ``training_window = N days`` (rows with
-``t - N days <= ts < t``), so an event exactly at the cutoff never counts even if it got
-into the input. Fill rule: Featuretools returns NaN for ``NUM_UNIQUE`` (and ``NUM_TRUE``)
+``t - N days <= ts < t``), so for every day an event at or after its cutoff never counts,
+even though a multi-day shard's input holds the later days' events. Fill rule: Featuretools returns NaN for ``NUM_UNIQUE`` (and ``NUM_TRUE``)
 over an empty set; top-level count-like features (COUNT, NUM_UNIQUE, NUM_TRUE) are filled
 with 0, every other aggregate (mean, std, min, max, percent_true, …) stays NaN when
 undefined. SUM of an empty set is 0 (Featuretools' own default).
@@ -144,7 +145,7 @@ class EntityCounts:
     """Entities of several days: sorted ids, events per (day, id) in the day's window, who is listed."""
 
     ids: np.ndarray  # object, sorted
-    counts: np.ndarray  # int64 (days x ids)
+    counts: np.ndarray  # int32 (days x ids)
     listed: np.ndarray  # bool (days x ids): events in the window, or in the users snapshot (entities='all')
 
     def day(self, i: int) -> list[str]:
@@ -167,18 +168,20 @@ def entity_counts_many(store_root: str, days: list[str], start: str, cfg: DFSCon
     snap = pa.array([], pa.string())
     if cfg.entities == "all" and (Path(store_root) / "users" / "snapshot.parquet").is_file():
         snap = pa.array(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str), pa.string())
-    if tbl is None or tbl.num_rows == 0:
+    enc = None if tbl is None else pc.dictionary_encode(tbl.column(cfg.entity).combine_chunks().cast(pa.string()))
+    if enc is None or len(enc.dictionary) == 0:  # no events, or only events without an entity
         ids = np.unique(snap.to_numpy(zero_copy_only=False).astype(object))
-        return EntityCounts(ids, np.zeros((len(days), len(ids)), "int64"), np.ones((len(days), len(ids)), bool))
-    enc = pc.dictionary_encode(tbl.column(cfg.entity).combine_chunks().cast(pa.string()))
+        return EntityCounts(ids, np.zeros((len(days), len(ids)), "int32"), np.ones((len(days), len(ids)), bool))
     every = pc.unique(pa.concat_arrays([enc.dictionary, snap]))
     every = every.take(pc.sort_indices(every))  # Arrow's sort orders strings like Python's sorted()
     ids = every.to_numpy(zero_copy_only=False).astype(object)
     pos = pc.index_in(enc.dictionary, value_set=every).to_numpy(zero_copy_only=False)[pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False)]
     valid = enc.indices.is_valid().to_numpy(zero_copy_only=False)
     in_snap = pc.is_in(every, value_set=snap).to_numpy(zero_copy_only=False)
-    ts = tbl.column("ts").combine_chunks().cast(pa.int64()).to_numpy()
-    counts = np.zeros((len(days), len(ids)), "int64")
+    col = tbl.column("ts").combine_chunks()
+    # nanoseconds whatever the stored unit, to compare with Timestamp.value
+    ts = col.cast(pa.timestamp("ns", tz=getattr(col.type, "tz", None))).cast(pa.int64()).to_numpy()
+    counts = np.zeros((len(days), len(ids)), "int32")
     for i, d in enumerate(days):
         win = _window(d, start, cfg)
         if not win:

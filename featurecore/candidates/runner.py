@@ -21,8 +21,9 @@ import pandas as pd
 from . import dfs, encodings, interactions, tsfresh_features
 from .common import (
     CandidateError, EmptyShardError, commit_partition, discard_staging, new_token, plan_shards, plan_weighted_shards,
-    shard_count, staging_dir, write_part,
+    ceil_div, shard_count, staging_dir, write_part,
 )
+from ..timeutil import to_day
 from .costs import family_costs, write_costs
 
 
@@ -35,6 +36,9 @@ DFS_DAYS_PER_TASK = 8
 # A DFS shard's cost per (entity, cutoff) row, in events of the row's window: rows are balanced
 # across shards by events + this (Featuretools' work grows with both).
 DFS_ROW_COST_EVENTS = 10
+# At most this many (entity, cutoff) rows per DFS task: bounds a task's feature matrix (rows x
+# ~100-200 float features, plus copies) whatever the entity count and days per task.
+DFS_MAX_ROWS_PER_TASK = 250_000
 # tsfresh's cost is per series (~35 ms each with EfficientFCParameters on 28 points) and a shard's fixed
 # cost (read, frame, a 1,500-column Parquet part) is ~0.25 s: 50 entities keep that near 5%.
 TSFRESH_MIN_SHARD = 50
@@ -175,6 +179,23 @@ def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_
     return _finish_all(store_root, asset, pending, families, t0, report)
 
 
+def _day_groups(days: list[str], days_per_task: int, workers: int) -> list[list[str]]:
+    """Consecutive groups of at most `days_per_task` days, as even as possible, and (when there
+    are at least as many groups as workers) a multiple of the workers so none idles at the end."""
+    if not days:
+        return []
+    n = ceil_div(len(days), max(days_per_task, 1))
+    if n >= workers:
+        n = min(ceil_div(n, workers) * workers, len(days))
+    size, extra = divmod(len(days), n)
+    out, i = [], 0
+    for k in range(n):
+        j = i + size + (1 if k < extra else 0)
+        out.append(days[i:j])
+        i = j
+    return out
+
+
 def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSConfig, *, shards_per_worker: int = 1,
             min_shard_entities: int = DFS_MIN_SHARD, days_per_task: int = DFS_DAYS_PER_TASK, rediscover: bool = False,
             only_entities: list | None = None) -> RunReport:
@@ -209,9 +230,9 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
             report.days.append(_empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity],
                                           features=features, families=fams))
     row = {d: i for i, d in enumerate(days)}
-    step = max(days_per_task, 1)
-    chunks = [busy[i:i + step] for i in range(0, len(busy), step)]
+    busy.sort(key=to_day)
     workers = n_workers(client)
+    chunks = _day_groups(busy, days_per_task, workers)
     staging = {d: staging_dir(store_root, dfs.ASSET, d, token) for d in busy}
     futures: dict[str, list] = {d: [] for d in busy}
     for chunk in chunks:
@@ -219,9 +240,9 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
         listed = ec.listed[rows]
         member = listed.any(axis=0)
         weight = (ec.counts[rows] + DFS_ROW_COST_EVENTS * listed).sum(axis=0)
-        shards = plan_weighted_shards(dict(zip(ec.ids[member], weight[member].tolist())),
-                                      shard_count(int(member.sum()), workers, shards_per_worker, min_shard_entities,
-                                                  days_in_run=len(chunks)))
+        n = max(shard_count(int(member.sum()), workers, shards_per_worker, min_shard_entities, days_in_run=len(chunks)),
+                ceil_div(int(listed.sum()), DFS_MAX_ROWS_PER_TASK))
+        shards = plan_weighted_shards(dict(zip(ec.ids[member], weight[member].tolist())), n)
         for i, shard in enumerate(shards):
             in_shard = np.zeros(len(ec.ids), bool)
             in_shard[np.searchsorted(ec.ids, np.array(shard, dtype=object))] = True  # ids are sorted
