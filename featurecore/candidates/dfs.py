@@ -22,10 +22,12 @@ Time rules: only events before the shard's last cutoff are read (``ts < t`` for 
 shard), and Featuretools is called with a cutoff time per (entity, day),
 ``include_cutoff_time=False`` and ``training_window = N days`` (rows with
 ``t - N days <= ts < t``), so for every day an event at or after its cutoff never counts,
-even though a multi-day shard's input holds the later days' events. Fill rule: Featuretools returns NaN for ``NUM_UNIQUE`` (and ``NUM_TRUE``)
-over an empty set; top-level count-like features (COUNT, NUM_UNIQUE, NUM_TRUE) are filled
-with 0, every other aggregate (mean, std, min, max, percent_true, …) stays NaN when
-undefined. SUM of an empty set is 0 (Featuretools' own default).
+even though a multi-day shard's input holds the later days' events.
+
+Fill rule: Featuretools returns NaN for ``NUM_UNIQUE`` (and ``NUM_TRUE``) over an empty
+set; top-level count-like features (COUNT, NUM_UNIQUE, NUM_TRUE) are filled with 0, every
+other aggregate (mean, std, min, max, percent_true, …) stays NaN when undefined. SUM of an
+empty set is 0 (Featuretools' own default).
 """
 
 from __future__ import annotations
@@ -46,8 +48,7 @@ from ..timeutil import cutoff as cutoff_of
 from ..timeutil import day_start, to_day
 from .common import (
     CandidateError, EmptyShardError, artifact_dir, as_candidates, check_columns, config_hash, file_sha, read_window,
-    read_window_table,
-    save_json, source_columns, window_days, worker_name, write_part,
+    read_window_table, save_json, source_columns, window_days, worker_name, write_part,
 )
 
 ASSET = "dfs_candidates"
@@ -104,6 +105,11 @@ def _window(day: str, start: str, cfg: DFSConfig) -> list[str]:
     return window_days(day, cfg.training_window_days, start)
 
 
+def _union_window(days: list[str], start: str, cfg: DFSConfig) -> list[str]:
+    """The partition days any of the days' training windows reads, in order."""
+    return sorted(set().union(*[_window(d, start, cfg) for d in days]), key=to_day)
+
+
 def check_source(store_root: str, day: str, start: str, cfg: DFSConfig) -> None:
     """Fail early, with the available columns, when the entity column is not in the events."""
     days = _window(day, start, cfg)
@@ -120,7 +126,7 @@ def read_events(store_root: str, day: str, start: str, cfg: DFSConfig, entities:
 def read_events_many(store_root: str, days: list[str], start: str, cfg: DFSConfig, entities: list | None) -> pd.DataFrame:
     """Events of the union of the days' training windows before the last cutoff, with `amount`."""
     cols = [cfg.entity, "ts", *[c for c in EVENT_TYPES if c != "amount"]]
-    union = sorted(set().union(*[_window(d, start, cfg) for d in days]), key=to_day)
+    union = _union_window(days, start, cfg)
     avail = source_columns(store_root, cfg.source, union)
     ev = read_window(store_root, cfg.source, union, [c for c in cols if c in avail],
                      entity=cfg.entity, entities=entities, before=max(cutoff_of(d) for d in days))
@@ -162,7 +168,7 @@ def entity_counts_many(store_root: str, days: list[str], start: str, cfg: DFSCon
     """Per day, each entity's events in the day's window (0 for snapshot-only users), from one read."""
     for d in sorted(set(days)):
         check_source(store_root, d, start, cfg)
-    union = sorted(set().union(*[_window(d, start, cfg) for d in days]), key=to_day)
+    union = _union_window(days, start, cfg)
     # Arrow and numpy end to end: a window holds millions of events, its distinct entities are few
     tbl = read_window_table(store_root, cfg.source, union, [cfg.entity, "ts"], before=max(cutoff_of(d) for d in days)) if days else None
     snap = pa.array([], pa.string())

@@ -18,12 +18,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..timeutil import to_day
 from . import dfs, encodings, interactions, tsfresh_features
 from .common import (
     CandidateError, EmptyShardError, commit_partition, discard_staging, new_token, plan_shards, plan_weighted_shards,
     ceil_div, shard_count, staging_dir, write_part,
 )
-from ..timeutil import to_day
 from .costs import family_costs, write_costs
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 from ..timeutil import cutoff as cutoff_of
 from ..timeutil import day_start
 from .common import (
-    CandidateError, EmptyShardError, EntityConfigError, SeriesTooShortError, artifact_dir, as_candidates, check_columns,
+    CandidateError, EmptyShardError, SeriesTooShortError, artifact_dir, as_candidates, check_columns,
     config_hash, file_sha, read_window, save_json, source_columns, window_days, worker_name, write_part,
 )
 
