@@ -6,14 +6,16 @@ weekly cutoffs ending on the last day of the data (a backfill, the asset's real 
 one cutoff of the small size is about a second of work, too little to amortise a run's
 fixed cost), tsfresh for the last day's cutoff:
 
-- **one process**: ``dfs.compute_many`` / ``tsfresh_features.compute`` over all N entities
-  in this process (for DFS the same batching as a cluster shard: one read of the cutoffs'
-  windows' union, one EntitySet, one ``calculate_feature_matrix`` for all 4 cutoffs; one
-  ``extract_features(n_jobs=0)`` call), plus listing the entities and writing the Parquet.
+- **one process**: ``dfs.compute_window`` / ``tsfresh_features.compute`` over all N entities
+  in this process (for DFS the same code as a cluster shard: one read of the cutoffs'
+  windows' union, each day's entities found in the events read, one EntitySet, one
+  ``calculate_feature_matrix`` for all 4 cutoffs; for tsfresh listing the entities and one
+  ``extract_features(n_jobs=0)`` call), plus writing the Parquet.
 - **cluster**: ``runner.run_dfs`` / ``runner.run_tsfresh`` on the LocalCluster (2 workers x
-  1 thread), with the assets' default sharding: list entities on a worker, one task per
-  entity shard (a DFS shard computes all 4 cutoffs of its entities); each task reads its
-  entities' rows, computes and writes its own parts; the client only commits partitions
+  1 thread), with the assets' default sharding. DFS: reader tasks decode the window once
+  (split by day) into entity buckets, one task per shard of buckets computes all 4 cutoffs
+  of its entities. tsfresh: list entities on a worker, one task per entity shard reading
+  its entities' rows. Each shard writes its own parts; the client only commits partitions
   and writes ``_costs.json``.
 - **tsfresh ClusterDaskDistributor** (reference, middle N): tsfresh's own distributor on
   the same cluster, default chunking, called from this process; results come back through
@@ -197,11 +199,8 @@ def run(ctx) -> CandidatesResult:
     days = [shift_day(day, -7 * k) for k in range(DFS_CUTOFFS)][::-1]
     runner.run_dfs(client, store, [day], start, cfg, only_entities=order[: ns[0]])  # warm the workers (not timed)
     def dfs_pair(ents: list) -> tuple[float, float, float, object]:
-        keep = set(ents)
-
         def one_process() -> dict:
-            listed = dfs.list_entities_many(single_store, days, start, cfg)
-            return dfs.compute_many(single_store, start, cfg, manifest, {d: [e for e in ls if e in keep] for d, ls in zip(days, listed)})[0]
+            return dfs.compute_window(single_store, days, start, cfg, manifest, ents)[0]
 
         one, one_cpu = _single_many(single_store, dfs.ASSET, one_process)
         with timed() as t:

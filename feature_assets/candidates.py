@@ -55,7 +55,7 @@ class DFSRunConfig(dg.Config):
     sessions: bool = dfs.DFSConfig.sessions
     pca_components: int = dfs.DFSConfig.pca_components
     rediscover: bool = False
-    shards_per_worker: int = 1  # each shard decodes its days' whole window: more shards, more reading
+    shards_per_worker: int = 1  # more shards balance finer, but each pays Featuretools' fixed cost per cutoff
     min_shard_entities: int = runner.DFS_MIN_SHARD
     days_per_task: int = runner.DFS_DAYS_PER_TASK  # cutoffs one shard computes from one EntitySet
 

@@ -184,6 +184,59 @@ def test_listing_many_days_at_once_equals_listing_each(store):
             expected.append(sorted(ids | (snapshot if cfg.entities == "all" else set())))
         assert dfs.list_entities_many(store.store_root, days, START, cfg) == expected
         assert [dfs.list_entities(store.store_root, d, START, cfg) for d in days] == expected
+        # a shard finds the same entities in the events it was given (one bucket = everything)
+        union = dfs._union_window(days, START, cfg)
+        events = dfs.events_from_pieces([dfs.read_buckets(store.store_root, union, cfg, max(cutoff(d) for d in days), 1).take([0])])
+        got = dfs.entities_by_day(events, days, START, cfg, dfs.snapshot_entities(store.store_root, cfg))
+        assert [got[d] for d in days] == expected
+
+
+def test_readers_split_events_by_entity_bucket_the_same_in_every_process(store, dask_client):
+    """Every event lands in exactly one bucket, its entity's, whichever reader (day range) read it:
+    a shard of buckets holds all of its entities' events."""
+    root = store.store_root
+    days = dfs._union_window([SUNDAY], START, CFG)
+    before = cutoff(SUNDAY)
+    whole = dfs.read_buckets(root, days, CFG, before, 1).take([0]).to_pandas()
+    halves = [dfs.read_buckets(root, part, CFG, before, 5) for part in (days[:10], days[10:])]
+    parts = [h.take([b]).to_pandas().assign(bucket=b) for h in halves for b in range(5)]
+    split = pd.concat(parts, ignore_index=True)
+    assert len(split) == len(whole) == sum(int(h.stats()[0].sum()) for h in halves)
+    assert (dfs.entity_buckets(split["user_id"].to_numpy(dtype=object), 5) == split["bucket"].to_numpy()).all()
+    ids = np.array(sorted(whole["user_id"].unique()), dtype=object)
+    in_worker = dask_client.submit(dfs.entity_buckets, ids, 5, pure=False).result()
+    assert (in_worker == dfs.entity_buckets(ids, 5)).all() and len(set(in_worker.tolist())) == 5
+
+
+def test_a_shard_batching_its_entities_equals_one_batch(store, computed):
+    """A shard over DFS_MAX_ROWS_PER_TASK rows computes its entities in batches: same values."""
+    root = store.store_root
+    days = [shift_day(SUNDAY, -7), SUNDAY]
+    events = dfs.events_from_pieces([dfs.read_buckets(root, dfs._union_window(days, START, CFG), CFG, cutoff(SUNDAY), 1).take([0])])
+    one, _ = dfs.compute_events(root, START, CFG, computed.manifest, days, events)
+    batched, _ = dfs.compute_events(root, START, CFG, computed.manifest, days, events, max_rows=70)
+    assert sorted(one) == sorted(batched) == days
+    for d in days:
+        pd.testing.assert_frame_equal(batched[d], one[d], rtol=1e-12)
+
+
+def test_a_day_nobody_is_listed_on_gets_an_empty_partition_and_a_failed_read_names_its_file(store, computed, dask_client, tmp_path):
+    root = tmp_path / "edge"
+    shutil.copytree(store.store_root, root, ignore=shutil.ignore_patterns(dfs.ASSET))
+    root = str(root)
+    cfg = replace(CFG, entities="active")
+    rep = runner.run_dfs(dask_client, root, [SUNDAY], START, cfg, only_entities=["nobody"])
+    rep.raise_errors()
+    assert rep.days[0]["rows"] == 0 and "no entities" in rep.days[0]["note"]
+    empty = read_partition(root, dfs.ASSET, SUNDAY)
+    assert len(empty) == 0 and set(rep.manifest["features"]) <= set(empty.columns)
+    # a day file that is not Parquet: the days whose window holds it fail, by file; the others land
+    bad = next(partition_dir(root, "raw_events", shift_day(SUNDAY, -1)).glob("*.parquet"))
+    bad.write_bytes(b"not parquet")
+    early = shift_day(START, 2)
+    rep = runner.run_dfs(dask_client, root, [early, SUNDAY], START, replace(cfg, training_window_days=3), days_per_task=1)
+    assert [d["day"] for d in rep.days] == [early] and rep.days[0]["rows"] > 0
+    assert len(rep.errors) == 1 and rep.errors[0].startswith(SUNDAY) and str(bad) in rep.errors[0], rep.errors
 
 
 def test_a_backfill_shard_computing_several_cutoffs_equals_one_day_at_a_time(store, computed, dask_client, tmp_path):

@@ -260,6 +260,21 @@ def read_window_table(
     return dset.to_table(columns=columns, filter=flt)
 
 
+def window_rows(store_root: str | os.PathLike, asset: str, days: list[str]) -> int:
+    """Rows stored in the existing day partitions `days`, from the Parquet footers (no data read).
+
+    A plan's estimate: an unreadable file counts 0 here and fails, by name, in the task reading it.
+    """
+    total = 0
+    for d in days:
+        if partition_exists(store_root, asset, d):
+            for f in partition_dir(store_root, asset, d).glob("*.parquet"):
+                try:
+                    total += pq.ParquetFile(f).metadata.num_rows
+                except (pa.ArrowException, OSError):
+                    pass
+    return total
+
 def source_columns(store_root: str | os.PathLike, asset: str, days: list[str]) -> list[str]:
     """Column names of the first existing partition of `asset` among `days` (schema only, no data)."""
     for d in days:

@@ -198,6 +198,161 @@ def entity_counts_many(store_root: str, days: list[str], start: str, cfg: DFSCon
     return EntityCounts(ids, counts, (counts > 0) | in_snap)
 
 
+# --------------------------------------------------------------------------- bucketed reading (the Dask run)
+#
+# A run reads each group's window once, spread over reader tasks by day, and splits the
+# events by a stable hash of the entity into buckets; a shard task takes whole buckets from
+# every reader. Every entity's events thus meet in one shard, no event is decoded twice, and
+# a shard finds its own entities of each day in the events it got (no listing pass first).
+
+_BUCKET_KEY = "featurecore-dfsb"  # the 16-byte SipHash key: buckets agree across processes and runs
+
+
+def entity_buckets(ids, n_buckets: int) -> np.ndarray:
+    """Bucket in ``[0, n_buckets)`` of each entity id (SipHash of its string form), the same in every process."""
+    arr = np.asarray([str(e) for e in ids] if not isinstance(ids, np.ndarray) else ids.astype(str), dtype=object)
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return (pd.util.hash_array(arr, hash_key=_BUCKET_KEY, categorize=False) % np.uint64(n_buckets)).astype(np.int64)
+
+
+@dataclass
+class EventBuckets:
+    """One reader's events grouped by entity bucket: rows of bucket b are ``table[offsets[b]:offsets[b+1]]``."""
+
+    table: pa.Table | None
+    offsets: np.ndarray  # int64, n_buckets + 1
+    entities: np.ndarray  # int64, distinct entities per bucket
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(events, distinct entities) per bucket: what the run balances shards by."""
+        return np.diff(self.offsets), self.entities
+
+    def take(self, buckets: list[int]) -> pa.Table | None:
+        """The rows of `buckets` as one compact table (what travels to the shard)."""
+        if self.table is None:
+            return None
+        idx = np.concatenate([np.arange(self.offsets[b], self.offsets[b + 1]) for b in buckets] or [np.zeros(0, np.int64)])
+        return self.table.take(pa.array(idx, pa.int64()))
+
+
+def event_columns(store_root: str, cfg: DFSConfig, days: list[str]) -> list[str]:
+    """The events columns a DFS EntitySet reads that the source has (checked: entity and time must be there)."""
+    avail = source_columns(store_root, cfg.source, days)
+    if avail:
+        check_columns(cfg.source, avail, {"entity": cfg.entity, "time": "ts"})
+    return [c for c in [cfg.entity, "ts", *[c for c in EVENT_TYPES if c != "amount"]] if c in avail]
+
+
+def read_buckets(store_root: str, days: list[str], cfg: DFSConfig, before: pd.Timestamp, n_buckets: int,
+                 entities: list | None = None) -> EventBuckets:
+    """Dask task: events of the partition `days` before `before` (only `entities` when given), by entity bucket."""
+    empty = EventBuckets(None, np.zeros(n_buckets + 1, np.int64), np.zeros(n_buckets, np.int64))
+    cols = event_columns(store_root, cfg, days)
+    tbl = read_window_table(store_root, cfg.source, days, cols, entity=cfg.entity, entities=entities, before=before) if cols else None
+    if tbl is None:
+        return empty
+    tbl = tbl.filter(pc.is_valid(tbl.column(cfg.entity)))  # an event without an entity belongs to no one
+    if tbl.num_rows == 0:
+        return empty
+    enc = pc.dictionary_encode(tbl.column(cfg.entity).combine_chunks().cast(pa.string()))
+    dict_bucket = entity_buckets(enc.dictionary.to_numpy(zero_copy_only=False), n_buckets)
+    row_bucket = dict_bucket[enc.indices.to_numpy(zero_copy_only=False)]
+    order = np.argsort(row_bucket, kind="stable")
+    offsets = np.zeros(n_buckets + 1, np.int64)
+    np.cumsum(np.bincount(row_bucket, minlength=n_buckets), out=offsets[1:])
+    return EventBuckets(tbl.take(pa.array(order)), offsets, np.bincount(dict_bucket, minlength=n_buckets).astype(np.int64))
+
+
+def bucket_stats(b: EventBuckets) -> tuple[np.ndarray, np.ndarray]:
+    """Dask task: a reader's per-bucket (events, entities), so only these travel to the client."""
+    return b.stats()
+
+
+def take_buckets(b: EventBuckets, buckets: list[int]) -> pa.Table | None:
+    """Dask task (on the reader's worker): the rows of one shard's buckets."""
+    return b.take(buckets)
+
+
+def events_from_pieces(pieces: list) -> pd.DataFrame:
+    """One shard's events from the readers' pieces, with `amount` (= price x quantity)."""
+    tables = [t for t in pieces if t is not None and t.num_rows]
+    if not tables:
+        return pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
+    ev = pa.concat_tables(tables, promote_options="default").to_pandas()
+    if "price" in ev.columns and "quantity" in ev.columns:
+        ev["amount"] = ev["price"] * ev["quantity"]
+    return ev
+
+
+def snapshot_entities(store_root: str, cfg: DFSConfig) -> list[str]:
+    """Users of the snapshot, who get a row on every day when ``entities='all'`` (else none)."""
+    if cfg.entities != "all" or not (Path(store_root) / "users" / "snapshot.parquet").is_file():
+        return []
+    return sorted(set(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str)))
+
+
+def entities_by_day(events: pd.DataFrame, days: list[str], start: str, cfg: DFSConfig, also: list | None = None) -> dict[str, list[str]]:
+    """Each day's sorted entities: those with an event in its window before its cutoff, plus `also`
+    (snapshot users) on every day; ``list_entities`` of the same data, from events already read."""
+    extra = set(map(str, also or ()))
+    if len(events) and cfg.entity in events.columns:
+        col = pd.to_datetime(events["ts"], utc=True)
+        ts = col.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
+        codes, uniq = pd.factorize(events[cfg.entity].astype(str), sort=False)
+    else:
+        ts, codes, uniq = np.zeros(0, np.int64), np.zeros(0, np.int64), pd.Index([])
+    out = {}
+    for d in days:
+        win = _window(d, start, cfg)
+        ids = set(extra)
+        if win and len(ts):
+            m = (codes >= 0) & (ts >= day_start(win[0]).value) & (ts < cutoff_of(d).value)
+            ids |= set(uniq[np.unique(codes[m])].tolist())
+        out[d] = sorted(ids)
+    return out
+
+
+def compute_events(store_root: str, start: str, cfg: DFSConfig, manifest: dict, days: list[str], events: pd.DataFrame,
+                   also: list | None = None, max_rows: int | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Candidate rows of every entity in `events` (and `also`) for each of `days` it is listed on:
+    one EntitySet per batch of at most `max_rows` (entity, day) rows (bounds the feature matrix)."""
+    listed = {d: e for d, e in entities_by_day(events, days, start, cfg, also).items() if e}
+    if not listed:
+        return {}, {}
+    union = sorted(set().union(*listed.values()))
+    rows = sum(len(e) for e in listed.values())
+    n_batches = max(1, -(-rows // max_rows)) if max_rows else 1
+    if n_batches == 1:
+        return compute_many(store_root, start, cfg, manifest, listed, events)
+    keys = events[cfg.entity].astype(str)
+    frames: dict[str, list] = {d: [] for d in listed}
+    seconds: dict[str, float] = {}
+    for part in np.array_split(np.array(union, dtype=object), n_batches):
+        keep = set(part.tolist())
+        sub = {d: [e for e in ents if e in keep] for d, ents in listed.items()}
+        got, sec = compute_many(store_root, start, cfg, manifest, sub, events[keys.isin(keep).to_numpy()])
+        for d, f in got.items():
+            frames[d].append(f)
+        for k, v in sec.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    return {d: pd.concat(fs, ignore_index=True) for d, fs in frames.items() if fs}, seconds
+
+
+def compute_window(store_root: str, days: list[str], start: str, cfg: DFSConfig, manifest: dict,
+                   entities: list | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The whole computation in one process (the reference for the sharded run): one read of the
+    days' windows, every listed entity (only `entities` when given) of every day."""
+    days = sorted(set(days), key=to_day)
+    events = events_from_pieces([read_buckets(store_root, _union_window(days, start, cfg), cfg,
+                                              max(cutoff_of(d) for d in days), 1, entities).take([0])])
+    also = snapshot_entities(store_root, cfg)
+    if entities is not None:
+        keep = set(map(str, entities))
+        also = [e for e in also if e in keep]
+    return compute_events(store_root, start, cfg, manifest, days, events, also)
+
+
 def _dimension(store_root: str, table: str) -> pd.DataFrame | None:
     path = Path(store_root) / table / "snapshot.parquet"
     return read_snapshot(store_root, table) if path.is_file() else None
@@ -516,20 +671,29 @@ def families(manifest: dict) -> dict[str, list[str]]:
     return out
 
 
-def shard_task(store_root: str, start: str, cfg: DFSConfig, manifest: dict, entities_by_day: dict[str, list],
-               staging: dict[str, str], index: int, n_shards: int) -> dict[str, dict]:
-    """Dask task: one entity shard over one or more days; writes a part per day, small stats per day back."""
+def shard_task(store_root: str, start: str, cfg: DFSConfig, manifest: dict, days: list[str], pieces: list,
+               buckets: list[int], n_buckets: int, staging: dict[str, str], index: int, n_shards: int,
+               entities: list | None = None, max_rows: int | None = None) -> dict[str, dict]:
+    """Dask task: one shard (entity buckets) over one or more days, from the readers' pieces; writes a
+    part per day that has entities here and returns small stats per such day (none: nothing to do)."""
     t0, c0 = time.perf_counter(), time.thread_time()
-    days = sorted((d for d, e in entities_by_day.items() if len(e)), key=to_day)
-    where = f"{ASSET} {days[0]}" + (f"..{days[-1]}" if len(days) > 1 else "") if days else ASSET
+    days = sorted(days, key=to_day)
+    where = f"{ASSET} {days[0]}" + (f"..{days[-1]}" if len(days) > 1 else "")
+    events = pd.DataFrame()
     try:
-        frames, seconds = compute_many(store_root, start, cfg, manifest, entities_by_day)
-        written = {d: (frames[d], write_part(frames[d], Path(staging[d]), index)) for d in days}
+        events = events_from_pieces(pieces)
+        also = snapshot_entities(store_root, cfg)
+        if also:
+            keep = None if entities is None else set(map(str, entities))
+            mine = np.isin(entity_buckets(np.array(also, dtype=object), n_buckets), buckets)
+            also = [e for e, m in zip(also, mine) if m and (keep is None or e in keep)]
+        frames, seconds = compute_events(store_root, start, cfg, manifest, days, events, also, max_rows)
+        written = {d: (f, write_part(f, Path(staging[d]), index)) for d, f in frames.items()}
     except CandidateError as exc:
         raise type(exc)(f"{where} shard {index + 1}/{n_shards}: {exc}") from exc
     except Exception as exc:
-        n = len(set().union(*[set(e) for e in entities_by_day.values()]))
-        raise CandidateError(f"{where} shard {index + 1}/{n_shards} ({n} entities): {type(exc).__name__}: {exc}") from exc
+        n = events[cfg.entity].nunique() if cfg.entity in events.columns else 0
+        raise CandidateError(f"{where} shard {index + 1}/{n_shards} ({n} entities with events): {type(exc).__name__}: {exc}") from exc
     # one computation served every day: its time is shared out by rows
     total = max(sum(len(df) for df, _ in written.values()), 1)
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0

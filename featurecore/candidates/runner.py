@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from ..timeutil import to_day
 from . import dfs, encodings, interactions, tsfresh_features
 from .common import (
     CandidateError, EmptyShardError, commit_partition, discard_staging, new_token, plan_shards, plan_weighted_shards,
-    ceil_div, shard_count, staging_dir, write_part,
+    ceil_div, shard_count, staging_dir, window_rows, write_part,
 )
 from .costs import family_costs, write_costs
 
@@ -33,12 +32,20 @@ DFS_MIN_SHARD = 1000
 # A DFS shard computes up to this many cutoffs from one EntitySet: one read of their windows'
 # union instead of one per cutoff, while a long backfill's shard still holds a bounded window.
 DFS_DAYS_PER_TASK = 8
-# A DFS shard's cost per (entity, cutoff) row, in events of the row's window: rows are balanced
-# across shards by events + this (Featuretools' work grows with both).
+# A DFS shard's cost per (entity, cutoff) row, in events of the row's window: shards are balanced
+# by events + this per row (Featuretools' work grows with both).
 DFS_ROW_COST_EVENTS = 10
-# At most this many (entity, cutoff) rows per DFS task: bounds a task's feature matrix (rows x
-# ~100-200 float features, plus copies) whatever the entity count and days per task.
+# At most this many (entity, cutoff) rows per DFS EntitySet: bounds a feature matrix (rows x
+# ~100-200 float features, plus copies) whatever the entity count and days per task; a shard
+# with more computes its entities in batches.
 DFS_MAX_ROWS_PER_TASK = 250_000
+# A DFS reader task decodes at most about this many stored events (whole days), and a shard
+# task holds at most about this many: memory per task stays bounded as the window grows.
+DFS_MAX_EVENTS_PER_READER = 5_000_000
+DFS_MAX_EVENTS_PER_TASK = 5_000_000
+# Entity buckets per planned shard: shards are whole buckets, so more buckets balance better
+# (heaviest first onto the lightest shard) at the price of more, smaller pieces to move.
+DFS_BUCKETS_PER_SHARD = 16
 # tsfresh's cost is per series (~35 ms each with EfficientFCParameters on 28 points) and a shard's fixed
 # cost (read, frame, a 1,500-column Parquet part) is ~0.25 s: 50 entities keep that near 5%.
 TSFRESH_MIN_SHARD = 50
@@ -86,8 +93,9 @@ def n_workers(client) -> int:
 
 
 def _finish_day(store_root: str, asset: str, day: str, staging: Path, futures: list, families: dict, t0: float,
-                extra: dict | None = None, per_day: bool = False) -> tuple[dict | None, str | None]:
-    """Commit a day once all its shards finished (`per_day`: a shard's result maps day -> its stats)."""
+                extra: dict | None = None, per_day: bool = False, empty: Callable | None = None) -> tuple[dict | None, str | None]:
+    """Commit a day once all its shards finished (`per_day`: a shard's result maps day -> its stats;
+    when no shard had the day's entities, `empty(day)` writes its empty partition)."""
     from distributed import wait
 
     wait(futures)
@@ -99,6 +107,8 @@ def _finish_day(store_root: str, asset: str, day: str, staging: Path, futures: l
     results = [f.result() for f in futures]
     if per_day:
         results = [r[day] for r in results if day in r]
+        if not results and empty is not None:
+            return empty(day), None
     commit_partition(store_root, asset, day, staging)
     seconds: dict[str, float] = {}
     col_bytes: dict[str, int] = {}
@@ -131,10 +141,10 @@ def _finish_day(store_root: str, asset: str, day: str, staging: Path, futures: l
 
 
 def _finish_all(store_root: str, asset: str, pending: list, families: dict, t0: float, report: RunReport,
-                per_day: bool = False) -> RunReport:
+                per_day: bool = False, empty: Callable | None = None) -> RunReport:
     """Commit every (day, staging, futures) of a run in turn; failed days become report errors."""
     for day, staging, futs in pending:
-        stat, err = _finish_day(store_root, asset, day, staging, futs, families, t0, per_day=per_day)
+        stat, err = _finish_day(store_root, asset, day, staging, futs, families, t0, per_day=per_day, empty=empty)
         if err:
             report.errors.append(err)
         else:
@@ -187,24 +197,19 @@ def _day_groups(days: list[str], days_per_task: int, workers: int) -> list[list[
     n = ceil_div(len(days), max(days_per_task, 1))
     if n >= workers:
         n = min(ceil_div(n, workers) * workers, len(days))
-    size, extra = divmod(len(days), n)
-    out, i = [], 0
-    for k in range(n):
-        j = i + size + (1 if k < extra else 0)
-        out.append(days[i:j])
-        i = j
-    return out
+    return _even_parts(days, n)
 
 
 def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSConfig, *, shards_per_worker: int = 1,
             min_shard_entities: int = DFS_MIN_SHARD, days_per_task: int = DFS_DAYS_PER_TASK, rediscover: bool = False,
             only_entities: list | None = None) -> RunReport:
-    """DFS candidates for `days`: discover definitions on a sample if needed, then one task per entity shard
-    and group of up to `days_per_task` days (one EntitySet and one calculate_feature_matrix for all its cutoffs).
+    """DFS candidates for `days`: discover definitions on a sample if needed; then, per group of up to
+    `days_per_task` days, reader tasks decode the group's window once (split by day) into entity
+    buckets, and one task per shard of buckets computes all its entities' cutoffs from one EntitySet.
 
-    One shard per worker by default: every shard decodes its days' whole window (the entity
-    filter skips no row unread), so more shards buy balance at the price of more reading.
-    `only_entities` restricts every day to those entities (benchmarks, partial recomputes).
+    Shards are planned from the readers' per-bucket counts (events, entities), so no listing pass
+    precedes them and no event is decoded twice. `only_entities` restricts every day to those
+    entities (benchmarks, partial recomputes).
     """
     report = RunReport(dfs.ASSET)
     t0 = time.perf_counter()
@@ -218,41 +223,66 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
 
     t0 = time.perf_counter()
     token = new_token()
-    # one task reads the union of the days' windows once (the listing is on the critical path)
-    ec = client.submit(dfs.entity_counts_many, store_root, days, start, cfg, pure=False).result()
-    if only_entities is not None:
-        ec = ec.restrict(set(only_entities))
-    busy = []
-    for i, day in enumerate(days):
-        if ec.listed[i].any():
-            busy.append(day)
-        else:
-            report.days.append(_empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity],
-                                          features=features, families=fams))
-    row = {d: i for i, d in enumerate(days)}
-    busy.sort(key=to_day)
+    days = sorted(set(days), key=to_day)
+    for d in days:
+        dfs.check_source(store_root, d, start, cfg)  # a misconfigured entity fails the run at once, by name
     workers = n_workers(client)
-    chunks = _day_groups(busy, days_per_task, workers)
-    staging = {d: staging_dir(store_root, dfs.ASSET, d, token) for d in busy}
-    futures: dict[str, list] = {d: [] for d in busy}
-    for chunk in chunks:
-        rows = [row[d] for d in chunk]
-        listed = ec.listed[rows]
-        member = listed.any(axis=0)
-        weight = (ec.counts[rows] + DFS_ROW_COST_EVENTS * listed).sum(axis=0)
-        n = max(shard_count(int(member.sum()), workers, shards_per_worker, min_shard_entities, days_in_run=len(chunks)),
-                ceil_div(int(listed.sum()), DFS_MAX_ROWS_PER_TASK))
-        shards = plan_weighted_shards(dict(zip(ec.ids[member], weight[member].tolist())), n)
-        for i, shard in enumerate(shards):
-            in_shard = np.zeros(len(ec.ids), bool)
-            in_shard[np.searchsorted(ec.ids, np.array(shard, dtype=object))] = True  # ids are sorted
-            by_day = {d: ec.ids[listed[k] & in_shard].tolist() for k, d in enumerate(chunk)}
-            fut = client.submit(dfs.shard_task, store_root, start, cfg, manifest, by_day, {d: str(staging[d]) for d in chunk},
-                                i, len(shards), pure=False)
-            for d in chunk:
-                if by_day[d]:
-                    futures[d].append(fut)
-    return _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in busy], fams, t0, report, per_day=True)
+    groups = _day_groups(days, days_per_task, workers)
+    staging = {d: staging_dir(store_root, dfs.ASSET, d, token) for d in days}
+    # every group's readers first: the cluster decodes while the client plans shards group by group
+    reads = []
+    for group in groups:
+        union = dfs._union_window(group, start, cfg)
+        stored = window_rows(store_root, cfg.source, union)
+        n_readers = max(1, min(len(union), max(workers, ceil_div(stored, DFS_MAX_EVENTS_PER_READER))))
+        n_buckets = DFS_BUCKETS_PER_SHARD * max(workers * max(shards_per_worker, 1), ceil_div(stored, DFS_MAX_EVENTS_PER_TASK))
+        before = max(dfs.cutoff_of(d) for d in group)
+        readers = [client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities, pure=False)
+                   for part in _even_parts(union, n_readers)]
+        reads.append((group, readers, n_buckets))
+    futures: dict[str, list] = {d: [] for d in days}
+    failed: dict[str, str] = {}
+    for group, readers, n_buckets in reads:
+        try:
+            stats = client.gather([client.submit(dfs.bucket_stats, r, pure=False) for r in readers])
+        except Exception as exc:  # a reader failed: every day of its group fails with its message
+            for d in group:
+                failed[d] = f"{d}: {type(exc).__name__}: {exc}"
+            continue
+        events = sum(s[0] for s in stats)
+        entities = sum(s[1] for s in stats)  # an entity seen by two readers counts twice: an upper bound
+        n = max(1, shard_count(int(entities.sum()), workers, shards_per_worker, min_shard_entities, days_in_run=len(groups)),
+                ceil_div(int(entities.sum()) * len(group), DFS_MAX_ROWS_PER_TASK), ceil_div(int(events.sum()), DFS_MAX_EVENTS_PER_TASK))
+        weight = events + DFS_ROW_COST_EVENTS * entities * len(group)
+        # every bucket belongs to a shard, empty ones too (their snapshot users still get rows)
+        shards = plan_weighted_shards({b: float(weight[b]) for b in range(n_buckets)}, min(n, n_buckets))
+        for i, buckets in enumerate(shards):
+            pieces = [client.submit(dfs.take_buckets, r, buckets, pure=False) for r in readers]
+            fut = client.submit(dfs.shard_task, store_root, start, cfg, manifest, group, pieces, buckets, n_buckets,
+                                {d: str(staging[d]) for d in group}, i, len(shards), only_entities, DFS_MAX_ROWS_PER_TASK,
+                                pure=False)
+            for d in group:
+                futures[d].append(fut)
+    del reads  # the readers' events are freed once their pieces are taken
+
+    def empty(day: str) -> dict:
+        return _empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity], features=features, families=fams)
+
+    report.errors.extend(failed[d] for d in days if d in failed)
+    return _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in days if d not in failed], fams, t0, report,
+                       per_day=True, empty=empty)
+
+
+def _even_parts(items: list, n: int) -> list[list]:
+    """`items` in `n` consecutive parts of nearly equal length (none empty)."""
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    out, i = [], 0
+    for k in range(n):
+        j = i + size + (1 if k < extra else 0)
+        out.append(items[i:j])
+        i = j
+    return out
 
 
 def run_tsfresh(client, store_root: str, asset: str, days: list[str], start: str, cfg: tsfresh_features.TsfreshConfig, *,
