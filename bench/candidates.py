@@ -248,9 +248,10 @@ def run(ctx) -> CandidatesResult:
         ctx.log(f"    N={n}: 1 process {one:.1f}s, cluster {cl:.1f}s")
     if repeats > 1:
         res.notes.append(f"the largest N of each family is measured {repeats} times (one process, then the cluster, in "
-                         "turn): medians are shown, every run's speed-up is listed under 'runs'.")
-    res.notes.append("ent/s = entity rows (entities x cutoffs) / wall seconds, including listing entities, reading the rows "
-                     "and writing Parquet.")
+                         "turn): medians are shown (speed-up = median one-process time / median cluster time), every run's speed-up "
+                         "is listed under 'runs'.")
+    res.notes.append("ent/s = entity rows (entities x cutoffs) / wall seconds, including finding the entities (DFS: in the "
+                     "events read; tsfresh: a listing task), reading the rows and writing Parquet.")
     res.notes.append("CPU bound = thread CPU seconds of the one-process run / those of the busiest worker's tasks: what the "
                      "speed-up would be on an idle machine (ignores scheduling latency); on a shared machine (see the "
                      "load average at the top) the wall-clock speed-up is noise and this column is the better guide.")
