@@ -19,7 +19,7 @@ import pandas as pd
 
 from .ingest import read_snapshot
 from .spec import ALL_TIME, FeatureGroup
-from .store import partition_dir, partition_exists, read_partition, write_partition
+from .store import INTERNAL, partition_dir, partition_exists, read_partition, write_partition
 from .tiles import (
     _select, advance_state, compute_tile, features_from_frames, merge_is_exact, merge_tiles,
     state_from_tiles,
@@ -63,7 +63,7 @@ def tile_day(day: str, groups: list[FeatureGroup], store_root: str) -> dict:
     for g in groups:
         t1 = time.perf_counter()
         tile = compute_tile(events, g, day)
-        w = write_partition(tile, store_root, tiles_asset(g), day)
+        w = write_partition(tile, store_root, tiles_asset(g), day, compression=INTERNAL)
         invalidate_window_artefacts(store_root, g, day)
         invalidate_state_from(store_root, g, day)
         out["groups"][g.name] = {"rows": len(tile), "bytes": w["bytes"], "seconds": time.perf_counter() - t1}
@@ -177,7 +177,7 @@ def _read_artefact(store_root: str, name: str, day: str):
 def _write_artefact(store_root: str, name: str, day: str, frame: pd.DataFrame | None) -> None:
     df = frame if frame is not None else pd.DataFrame({_NONE_MARK: pd.Series([], dtype="int8")})
     try:
-        write_partition(df, store_root, name, day)
+        write_partition(df, store_root, name, day, compression=INTERNAL)
     except OSError:  # a concurrent writer of the same (identical) artefact won
         pass
 
@@ -406,7 +406,7 @@ def features_range(days: list[str], group: FeatureGroup, store_root: str, start:
         feats = features_from_frames(sliding.frames(day), state, group, day)
         w = write_partition(feats, store_root, group.name, day)
         if group.has_all_time and state is not None:
-            write_partition(state, store_root, state_asset(group), day)
+            write_partition(state, store_root, state_asset(group), day, compression=INTERNAL)
         sliding.advance(day)
         s = feature_stats(feats, group)
         s.update(day=day, bytes=w["bytes"], seconds=time.perf_counter() - t0, schema_errors=validate_features(feats, group))

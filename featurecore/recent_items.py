@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .spec import normalize_where, where_describe
-from .store import partition_exists, read_partition, write_partition
+from .store import INTERNAL, partition_exists, read_partition, write_partition
 from .streaming import LastN
 from .timeutil import cutoff, day_range, shift_day, to_day
 
@@ -223,7 +223,7 @@ def recent_items_range(days: list[str], spec: RecentItems, store_root: str, star
         state = merge_states([state, state_of_events(events, spec) if events is not None else None], spec)
         feats = features_from_state(state, spec, day)
         w = write_partition(feats, store_root, spec.name, day)
-        write_partition(state, store_root, state_asset(spec), day)
+        write_partition(state, store_root, state_asset(spec), day, compression=INTERNAL)
         lengths = {lst.name: float(np.mean([len(v) for v in feats[lst.name]])) if len(feats) else 0.0
                    for lst in spec.lists}
         stats.append({"day": day, "rows": len(feats), "events": 0 if events is None else len(events),

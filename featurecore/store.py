@@ -37,6 +37,11 @@ def replace_folder(target: Path, new: Path) -> Path:
     return target
 
 
+# Compression of the feature pipeline's intermediate state: LZ4 writes a 36k-entity window
+# aggregate (a sketch column) in ~10 ms and reads it in ~9, zstd in ~18 and ~16, for ~20% more bytes.
+INTERNAL = "lz4"
+
+
 def write_partition(
     df: pd.DataFrame | pa.Table,
     store_root: str | os.PathLike,
@@ -44,8 +49,13 @@ def write_partition(
     day: str,
     *,
     schema: pa.Schema | None = None,
+    compression: str = "zstd",
 ) -> dict:
-    """Replace partition `day` of `asset` with `df` (pandas or Arrow); returns rows, bytes and path."""
+    """Replace partition `day` of `asset` with `df` (pandas or Arrow); returns rows, bytes and path.
+
+    `compression`: zstd for what users read; the pipeline's own intermediate state (tiles,
+    carried state, window aggregates), written once and re-read often, uses ``INTERNAL``.
+    """
     target = partition_dir(store_root, asset, day)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
@@ -54,7 +64,7 @@ def write_partition(
     # Dictionary pages pay off for strings only: on float columns they cost 2-3x the write
     # time, on sketch (binary) columns 2-3x the write and read time, for nothing.
     strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    pq.write_table(table, tmp / "part-0.parquet", compression="zstd", use_dictionary=strings or False)
+    pq.write_table(table, tmp / "part-0.parquet", compression=compression, use_dictionary=strings or False)
     replace_folder(target, tmp)
     return {"rows": table.num_rows, "bytes": (target / "part-0.parquet").stat().st_size, "path": str(target)}
 
