@@ -103,12 +103,20 @@ class _TileCache:
 # (block_start(D) = D - (D mod w), so every run uses the same blocks). Per day
 #   P(D) = merge(tiles block_start(D) .. D)            prefix: P(D-1) (+) tile(D)
 # and, for the days d of a block, computed once in reverse when a later window needs it,
-#   S(d) = merge(tiles d .. block_end(d))              suffix: tile(d) (+) S(d+1)
+#   S(d) = merge(tiles block_end(d) .. d)              suffix: S(d+1) (+) tile(d)
 # so window(D) = S(D-w+1) (+) P(D), or P(D) when D-w+1 is a block start: O(1) merges per
 # day. P and S are stored as internal artefacts ``<group>__win<w>_prefix`` / ``_suffix``
 # (best-effort caches: missing or unreadable ones are rebuilt from tiles, and
 # ``tile_day`` deletes the ones a rewritten tile makes stale). Because the blocks and
 # the fold orders are fixed, a range run and day-by-day runs give identical frames.
+#
+# Both folds are left folds (the accumulated side first), so where the window's columns
+# merge exactly (``tiles.merge_is_exact``) one merge of the tiles in fold order gives the
+# same bytes as the fold. A cold run (nothing stored for the day before it, e.g. a chunk
+# of a backfill) uses that to skip the suffixes only later runs would read: one merge of
+# the tiles from its last window start to the block end, then the fold back to its first
+# start. A warm run folds the whole block and stores every suffix, so the next days
+# read theirs (a daily run then costs a read, not a merge of many tiles).
 
 _NONE_MARK = "__no_tiles__"
 
@@ -190,8 +198,10 @@ def _merge_opt(parts: list[pd.DataFrame | None], group: FeatureGroup) -> pd.Data
 class _Sliding:
     """Window frames of a group from tiles via prefix/suffix aggregates (see above)."""
 
-    def __init__(self, store_root: str, group: FeatureGroup, tiles: _TileCache):
+    def __init__(self, store_root: str, group: FeatureGroup, tiles: _TileCache, last: str | None = None,
+                 cold: bool = False):
         self.root, self.group, self.tiles = store_root, group, tiles
+        self.last, self.cold = last, cold  # the run's last day; cold: build only the suffixes this run needs
         self.finite = [w for w in group.windows if not w.is_all_time]
         self.P: dict[int, dict[str, pd.DataFrame | None]] = {w.n_days: {} for w in self.finite}
         self.S: dict[int, dict[str, pd.DataFrame | None]] = {w.n_days: {} for w in self.finite}
@@ -239,6 +249,10 @@ class _Sliding:
             return cache[day]
         name = window_artefact(self.group, n, "suffix")
         be = shift_day(block_start(day, n), n - 1)
+        # the last window start of this run in this block: a cold exact run needs no later suffix
+        top = be
+        if self.cold and self.exact[n] and self.last is not None:
+            top = max(day, min(be, shift_day(self.last, -(n - 1))))
         chain, d, base = [], day, None
         while True:
             if d in cache:
@@ -248,6 +262,11 @@ class _Sliding:
             if found:
                 base = cache[d] = fr
                 break
+            if d == top and top != be:
+                # S(top) in one merge of its tiles in fold order: the same bytes as the fold
+                base = cache[d] = _merge_opt([self._tile(n, x) for x in day_range(top, be)[::-1]], self.group)
+                self._new_suffix.add((n, d))
+                break
             chain.append(d)
             if d == be:
                 break
@@ -256,7 +275,7 @@ class _Sliding:
         # (unlike prefixes, where only P(day - 1) is needed again)
         for d in reversed(chain):
             nxt = None if d == be else base
-            base = cache[d] = _merge_opt([self._tile(n, d), nxt], self.group)
+            base = cache[d] = _merge_opt([nxt, self._tile(n, d)], self.group)
             self._new_suffix.add((n, d))
         return cache[day]
 
@@ -279,8 +298,8 @@ class _Sliding:
         for n in self.P:
             for d in [d for d in self.P[n] if d < keep_from]:
                 del self.P[n][d]
-            lo = shift_day(day, -(n - 1))
-            for d in [d for d in self.S[n] if d <= lo]:
+            lo = shift_day(day, -(n - 1))  # S(lo) stays until persist (a re-run of the last day reads it)
+            for d in [d for d in self.S[n] if d < lo]:
                 del self.S[n][d]
         n_max = max((w.n_days for w in self.finite), default=1)
         self.tiles.prune(shift_day(day, -(2 * n_max)))
@@ -295,9 +314,9 @@ class _Sliding:
             for d in (shift_day(last, -1), last):
                 if d in self.P[n]:
                     _write_artefact(self.root, window_artefact(self.group, n, "prefix"), d, self.P[n][d])
-            lo = shift_day(last, -(n - 1))
+            lo = shift_day(last, -(n - 1))  # S(lo) too: re-running the last day (a late file, a retry) reads it
             for (m, d) in sorted(self._new_suffix):
-                if m == n and d > lo and d in self.S[n]:
+                if m == n and d >= lo and d in self.S[n]:
                     _write_artefact(self.root, window_artefact(self.group, n, "suffix"), d, self.S[n][d])
 
 
@@ -396,7 +415,7 @@ def features_range(days: list[str], group: FeatureGroup, store_root: str, start:
     from checks.feature_schemas import validate_features  # pure pandera, no Dagster
 
     cache = _TileCache(store_root, group)
-    sliding = _Sliding(store_root, group, cache)
+    sliding = _Sliding(store_root, group, cache, last=days[-1], cold=not stored_start(store_root, group, days[0]))
     state = _rebuild_state(store_root, group, shift_day(days[0], -1), start) if group.has_all_time else None
     stats = []
     for day in days:
