@@ -195,7 +195,7 @@ def run(ctx) -> CandidatesResult:
     ns = sorted({min(n, len(order)) for n in scales["dfs"]})
     ctx.log(f"  DFS: {len(manifest['features'])} features, {len(everyone):,} active users; N = {ns}")
     # a weekly backfill of DFS_CUTOFFS cutoffs: the asset's real workload, and enough work per run to amortise
-    # the fixed cost of a run (listing entities, scheduling, committing)
+    # the fixed cost of a run (reading the window, scheduling, committing)
     days = [shift_day(day, -7 * k) for k in range(DFS_CUTOFFS)][::-1]
     runner.run_dfs(client, store, [day], start, cfg, only_entities=order[: ns[0]])  # warm the workers (not timed)
     def dfs_pair(ents: list) -> tuple[float, float, float, object]:

@@ -7,6 +7,7 @@ from dataclasses import replace
 import featuretools as ft
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from candidate_store import START, SUNDAY, build_store
 
@@ -283,8 +284,10 @@ def test_listing_copes_with_events_without_an_entity(tmp_path):
     ev = pd.DataFrame({"user_id": pd.Series([None, None], dtype=object),
                        "ts": [cutoff(day) - pd.Timedelta(hours=2), cutoff(day) - pd.Timedelta(hours=1)]})
     write_partition(ev, str(tmp_path), "raw_events", day)
-    ec = dfs.entity_counts_many(str(tmp_path), [day], START, CFG)
-    assert ec.day(0) == [] and ec.counts.shape == (1, 0)
+    assert dfs.list_entities(str(tmp_path), day, START, CFG) == []
+    # and the bucketed read a shard gets drops them too (an event without an entity is no one's)
+    b = dfs.read_buckets(str(tmp_path), [day], CFG, cutoff(day), 4)
+    assert b.table is None and b.stats()[0].sum() == 0
 
 
 def test_backfill_day_groups_are_even_and_keep_every_worker_busy():
@@ -296,3 +299,13 @@ def test_backfill_day_groups_are_even_and_keep_every_worker_busy():
     assert [len(g) for g in _day_groups(days[:4], 8, 2)] == [4]
     assert [len(g) for g in _day_groups(days[:3], 1, 2)] == [1, 1, 1]
     assert sum(_day_groups(days, 8, 2), []) == days and _day_groups([], 8, 2) == []
+
+
+def test_pieces_whose_day_files_typed_a_column_differently_still_meet():
+    """Readers of different day ranges may see a column typed differently (int vs double): the shard unifies them."""
+    a = pa.table({"user_id": ["u1"], "ts": pa.array([pd.Timestamp("2026-09-02", tz="UTC")]), "price": pa.array([3], pa.int64()),
+                  "quantity": pa.array([2.0])})
+    b = pa.table({"user_id": ["u2"], "ts": pa.array([pd.Timestamp("2026-09-03", tz="UTC")]), "price": pa.array([1.5]),
+                  "quantity": pa.array([1.0])})
+    ev = dfs.events_from_pieces([a, None, b])
+    assert ev["price"].tolist() == [3.0, 1.5] and ev["amount"].tolist() == [6.0, 1.5]

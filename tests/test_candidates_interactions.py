@@ -147,7 +147,7 @@ def test_cadence_and_shards():
     assert shard_count(1352, 2, min_shard_entities=1000) == 2 and shard_count(10_000, 2, min_shard_entities=1000) == 6
     assert shard_count(3000, 2, min_shard_entities=1000) == 2 and shard_count(5000, 2, min_shard_entities=1000) == 4
     # a run over several days already gives each worker whole days: a day is split only to make
-    # the task count a multiple of the workers (each shard re-reads its day's window)
+    # the task count a multiple of the workers (each shard has a fixed cost)
     assert shard_count(1352, 2, min_shard_entities=1000, days_in_run=4) == 1
     assert shard_count(10_000, 2, min_shard_entities=1000, days_in_run=4) == 1
     assert shard_count(10_000, 2, min_shard_entities=1000, days_in_run=3) == 2

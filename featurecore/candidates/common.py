@@ -105,7 +105,8 @@ def shard_count(n_entities: int, n_workers: int, shards_per_worker: int = 3, min
     if days_in_run >= workers:
         # the days alone give every worker work: a day is split further only as far as needed
         # for the run's task count to be a multiple of the workers (so none idles at the end),
-        # because every shard re-reads its day's whole window (the entity filter still scans it)
+        # because every shard has a fixed cost (tsfresh: it scans its day's window for its
+        # entities; DFS: Featuretools' cost per cutoff and call)
         n = 1
         while (days_in_run * n) % workers and n < max(by_size, 1):
             n += 1

@@ -10,16 +10,18 @@ Flow for partition day D (cutoff ``t = D+1 00:00 UTC``):
    ``ft.save_features`` under ``<store>/_artifacts/dfs_candidates/<version>/``. The manifest
    records the EntitySet schema so every shard builds the same one.
 2. **Compute** for all entities: ``calculate_feature_matrix`` per entity shard, each a Dask
-   task that reads its entities' events of the training window and writes its own part.
-   A shard covers several cutoffs at once (a backfill): one read of the union of their
-   windows, one EntitySet and one ``calculate_feature_matrix`` with a cutoff time per
-   (entity, day), split back into day partitions. Sessions are session-days (entity,
-   session id, UTC day), so an EntitySet holding more days than one window gives every
-   cutoff exactly the values of an EntitySet built for that cutoff alone: window starts
-   and cutoffs are midnights, and no session-day straddles one.
+   task writing its own part. Reader tasks decode the union of a group of days' windows
+   once, split by day range, into entity buckets (``read_buckets``); a shard takes whole
+   buckets from every reader, finds each day's entities in those events
+   (``entities_by_day``) and computes all the group's cutoffs at once: one EntitySet and one
+   ``calculate_feature_matrix`` with a cutoff time per (entity, day), split back into day
+   partitions. Sessions are session-days (entity, session id, UTC day), so an EntitySet
+   holding more days than one window gives every cutoff exactly the values of an
+   EntitySet built for that cutoff alone: window starts and cutoffs are midnights, and no
+   session-day straddles one.
 
-Time rules: only events before the shard's last cutoff are read (``ts < t`` for a one-day
-shard), and Featuretools is called with a cutoff time per (entity, day),
+Time rules: only events before the group's last cutoff are read (``ts < t`` for a one-day
+group), and Featuretools is called with a cutoff time per (entity, day),
 ``include_cutoff_time=False`` and ``training_window = N days`` (rows with
 ``t - N days <= ts < t``), so for every day an event at or after its cutoff never counts,
 even though a multi-day shard's input holds the later days' events.
@@ -141,61 +143,15 @@ def list_entities(store_root: str, day: str, start: str, cfg: DFSConfig) -> list
 
 
 def list_entities_many(store_root: str, days: list[str], start: str, cfg: DFSConfig) -> list[list[str]]:
-    """``list_entities`` of several days from one read of their windows' union (a backfill's listing)."""
-    ec = entity_counts_many(store_root, days, start, cfg)
-    return [ec.day(i) for i in range(len(days))]
-
-
-@dataclass
-class EntityCounts:
-    """Entities of several days: sorted ids, events per (day, id) in the day's window, who is listed."""
-
-    ids: np.ndarray  # object, sorted
-    counts: np.ndarray  # int32 (days x ids)
-    listed: np.ndarray  # bool (days x ids): events in the window, or in the users snapshot (entities='all')
-
-    def day(self, i: int) -> list[str]:
-        """Sorted entities of the i-th day."""
-        return self.ids[self.listed[i]].tolist()
-
-    def restrict(self, keep: set) -> "EntityCounts":
-        """Only the entities in `keep`."""
-        m = np.fromiter((e in keep for e in self.ids), bool, len(self.ids))
-        return EntityCounts(self.ids[m], self.counts[:, m], self.listed[:, m])
-
-
-def entity_counts_many(store_root: str, days: list[str], start: str, cfg: DFSConfig) -> EntityCounts:
-    """Per day, each entity's events in the day's window (0 for snapshot-only users), from one read."""
+    """``list_entities`` of several days from one read of their windows' union (keys and times only)."""
     for d in sorted(set(days)):
         check_source(store_root, d, start, cfg)
-    union = _union_window(days, start, cfg)
-    # Arrow and numpy end to end: a window holds millions of events, its distinct entities are few
-    tbl = read_window_table(store_root, cfg.source, union, [cfg.entity, "ts"], before=max(cutoff_of(d) for d in days)) if days else None
-    snap = pa.array([], pa.string())
-    if cfg.entities == "all" and (Path(store_root) / "users" / "snapshot.parquet").is_file():
-        snap = pa.array(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str), pa.string())
-    enc = None if tbl is None else pc.dictionary_encode(tbl.column(cfg.entity).combine_chunks().cast(pa.string()))
-    if enc is None or len(enc.dictionary) == 0:  # no events, or only events without an entity
-        ids = np.unique(snap.to_numpy(zero_copy_only=False).astype(object))
-        return EntityCounts(ids, np.zeros((len(days), len(ids)), "int32"), np.ones((len(days), len(ids)), bool))
-    every = pc.unique(pa.concat_arrays([enc.dictionary, snap]))
-    every = every.take(pc.sort_indices(every))  # Arrow's sort orders strings like Python's sorted()
-    ids = every.to_numpy(zero_copy_only=False).astype(object)
-    pos = pc.index_in(enc.dictionary, value_set=every).to_numpy(zero_copy_only=False)[pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False)]
-    valid = enc.indices.is_valid().to_numpy(zero_copy_only=False)
-    in_snap = pc.is_in(every, value_set=snap).to_numpy(zero_copy_only=False)
-    col = tbl.column("ts").combine_chunks()
-    # nanoseconds whatever the stored unit, to compare with Timestamp.value
-    ts = col.cast(pa.timestamp("ns", tz=getattr(col.type, "tz", None))).cast(pa.int64()).to_numpy()
-    counts = np.zeros((len(days), len(ids)), "int32")
-    for i, d in enumerate(days):
-        win = _window(d, start, cfg)
-        if not win:
-            continue
-        lo, hi = day_start(win[0]).value, cutoff_of(d).value
-        m = valid & (ts >= lo) & (ts < hi)
-        counts[i] = np.bincount(pos[m], minlength=len(ids))
-    return EntityCounts(ids, counts, (counts > 0) | in_snap)
+    if not days:
+        return []
+    events = read_window(store_root, cfg.source, _union_window(days, start, cfg), [cfg.entity, "ts"],
+                         before=max(cutoff_of(d) for d in days))
+    by_day = entities_by_day(events, days, start, cfg, snapshot_entities(store_root, cfg))
+    return [by_day[d] for d in days]
 
 
 # --------------------------------------------------------------------------- bucketed reading (the Dask run)
@@ -232,6 +188,8 @@ class EventBuckets:
         """The rows of `buckets` as one compact table (what travels to the shard)."""
         if self.table is None:
             return None
+        if len(buckets) == len(self.offsets) - 1:
+            return self.table
         idx = np.concatenate([np.arange(self.offsets[b], self.offsets[b + 1]) for b in buckets] or [np.zeros(0, np.int64)])
         return self.table.take(pa.array(idx, pa.int64()))
 
@@ -255,7 +213,12 @@ def read_buckets(store_root: str, days: list[str], cfg: DFSConfig, before: pd.Ti
     tbl = tbl.filter(pc.is_valid(tbl.column(cfg.entity)))  # an event without an entity belongs to no one
     if tbl.num_rows == 0:
         return empty
-    enc = pc.dictionary_encode(tbl.column(cfg.entity).combine_chunks().cast(pa.string()))
+    # ids as strings from here on: buckets, listings and the EntitySet all see the same form
+    key = tbl.column(cfg.entity).cast(pa.string())
+    tbl = tbl.set_column(tbl.schema.get_field_index(cfg.entity), cfg.entity, key)
+    enc = pc.dictionary_encode(key.combine_chunks())
+    if n_buckets == 1:  # one process: nothing to split
+        return EventBuckets(tbl, np.array([0, tbl.num_rows], np.int64), np.array([len(enc.dictionary)], np.int64))
     dict_bucket = entity_buckets(enc.dictionary.to_numpy(zero_copy_only=False), n_buckets)
     row_bucket = dict_bucket[enc.indices.to_numpy(zero_copy_only=False)]
     order = np.argsort(row_bucket, kind="stable")
@@ -279,7 +242,8 @@ def events_from_pieces(pieces: list) -> pd.DataFrame:
     tables = [t for t in pieces if t is not None and t.num_rows]
     if not tables:
         return pd.DataFrame({"ts": pd.Series(dtype="datetime64[ns, UTC]")})
-    ev = pa.concat_tables(tables, promote_options="default").to_pandas()
+    # day files may store a column in different types (int vs double, time units): unify, don't fail
+    ev = pa.concat_tables(tables, promote_options="permissive").to_pandas()
     if "price" in ev.columns and "quantity" in ev.columns:
         ev["amount"] = ev["price"] * ev["quantity"]
     return ev
@@ -299,7 +263,8 @@ def entities_by_day(events: pd.DataFrame, days: list[str], start: str, cfg: DFSC
     if len(events) and cfg.entity in events.columns:
         col = pd.to_datetime(events["ts"], utc=True)
         ts = col.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
-        codes, uniq = pd.factorize(events[cfg.entity].astype(str), sort=False)
+        codes, uniq = pd.factorize(events[cfg.entity], sort=False)  # a null id is code -1: listed nowhere
+        uniq = pd.Index(np.asarray(uniq.astype(str), dtype=object))
     else:
         ts, codes, uniq = np.zeros(0, np.int64), np.zeros(0, np.int64), pd.Index([])
     out = {}
@@ -316,7 +281,8 @@ def entities_by_day(events: pd.DataFrame, days: list[str], start: str, cfg: DFSC
 def compute_events(store_root: str, start: str, cfg: DFSConfig, manifest: dict, days: list[str], events: pd.DataFrame,
                    also: list | None = None, max_rows: int | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
     """Candidate rows of every entity in `events` (and `also`) for each of `days` it is listed on:
-    one EntitySet per batch of at most `max_rows` (entity, day) rows (bounds the feature matrix)."""
+    one EntitySet per batch of about `max_rows` (entity, day) rows (equal entity counts; bounds the
+    feature matrix)."""
     listed = {d: e for d, e in entities_by_day(events, days, start, cfg, also).items() if e}
     if not listed:
         return {}, {}

@@ -2,8 +2,9 @@
 
 Used by the Dagster assets, the tests and the benchmark alike (it takes a
 ``distributed.Client``, never a Dagster context). All days of a run and all their
-shards are submitted at once so the workers stay busy across day boundaries; a day is
-committed (staging folder renamed to ``date=D``, then ``_costs.json`` written) only when
+shards are submitted at once so the workers stay busy across day boundaries (DFS: a group
+of days' shards as soon as its readers report their bucket counts, with the next group's
+readers already submitted); a day is committed (staging folder renamed to ``date=D``, then ``_costs.json`` written) only when
 every one of its shards succeeded. Failed days are cleaned up and reported together at
 the end with their shard's message, after the good days are committed.
 """
@@ -20,7 +21,7 @@ import pandas as pd
 from ..timeutil import to_day
 from . import dfs, encodings, interactions, tsfresh_features
 from .common import (
-    CandidateError, EmptyShardError, commit_partition, discard_staging, new_token, plan_shards, plan_weighted_shards,
+    CandidateError, EmptyShardError, EntityConfigError, commit_partition, discard_staging, new_token, plan_shards, plan_weighted_shards,
     ceil_div, shard_count, staging_dir, window_rows, write_part,
 )
 from .costs import family_costs, write_costs
@@ -224,53 +225,75 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
     t0 = time.perf_counter()
     token = new_token()
     days = sorted(set(days), key=to_day)
+    failed: dict[str, str] = {}
     for d in days:
-        dfs.check_source(store_root, d, start, cfg)  # a misconfigured entity fails the run at once, by name
+        try:
+            dfs.check_source(store_root, d, start, cfg)
+        except EntityConfigError:
+            raise  # a misconfigured entity fails the whole run at once, naming the columns
+        except Exception as exc:  # an unreadable file: this day fails, the others go on
+            failed[d] = f"{d}: {type(exc).__name__}: {exc}"
+    days = [d for d in days if d not in failed]
     workers = n_workers(client)
     groups = _day_groups(days, days_per_task, workers)
     staging = {d: staging_dir(store_root, dfs.ASSET, d, token) for d in days}
-    # every group's readers first: the cluster decodes while the client plans shards group by group
-    reads = []
-    for group in groups:
+    futures: dict[str, list] = {d: [] for d in days}
+
+    def read(group: list[str]) -> list:
         union = dfs._union_window(group, start, cfg)
         stored = window_rows(store_root, cfg.source, union)
         n_readers = max(1, min(len(union), max(workers, ceil_div(stored, DFS_MAX_EVENTS_PER_READER))))
         n_buckets = DFS_BUCKETS_PER_SHARD * max(workers * max(shards_per_worker, 1), ceil_div(stored, DFS_MAX_EVENTS_PER_TASK))
         before = max(dfs.cutoff_of(d) for d in group)
-        readers = [client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities, pure=False)
-                   for part in _even_parts(union, n_readers)]
-        reads.append((group, readers, n_buckets))
-    futures: dict[str, list] = {d: [] for d in days}
-    failed: dict[str, str] = {}
-    for group, readers, n_buckets in reads:
-        try:
-            stats = client.gather([client.submit(dfs.bucket_stats, r, pure=False) for r in readers])
-        except Exception as exc:  # a reader failed: every day of its group fails with its message
-            for d in group:
-                failed[d] = f"{d}: {type(exc).__name__}: {exc}"
-            continue
-        events = sum(s[0] for s in stats)
-        entities = sum(s[1] for s in stats)  # an entity seen by two readers counts twice: an upper bound
-        n = max(1, shard_count(int(entities.sum()), workers, shards_per_worker, min_shard_entities, days_in_run=len(groups)),
-                ceil_div(int(entities.sum()) * len(group), DFS_MAX_ROWS_PER_TASK), ceil_div(int(events.sum()), DFS_MAX_EVENTS_PER_TASK))
-        weight = events + DFS_ROW_COST_EVENTS * entities * len(group)
-        # every bucket belongs to a shard, empty ones too (their snapshot users still get rows)
-        shards = plan_weighted_shards({b: float(weight[b]) for b in range(n_buckets)}, min(n, n_buckets))
-        for i, buckets in enumerate(shards):
-            pieces = [client.submit(dfs.take_buckets, r, buckets, pure=False) for r in readers]
-            fut = client.submit(dfs.shard_task, store_root, start, cfg, manifest, group, pieces, buckets, n_buckets,
-                                {d: str(staging[d]) for d in group}, i, len(shards), only_entities, DFS_MAX_ROWS_PER_TASK,
-                                pure=False)
-            for d in group:
-                futures[d].append(fut)
-    del reads  # the readers' events are freed once their pieces are taken
+        return [client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities, pure=False)
+                for part in _even_parts(union, n_readers)]
+
+    # one group of readers ahead: the cluster decodes the next window while the client plans
+    # this one, and at most two groups' events are held at a time (windows of a backfill overlap)
+    ahead = read(groups[0]) if groups else []
+    for k, group in enumerate(groups):
+        readers, ahead = ahead, (read(groups[k + 1]) if k + 1 < len(groups) else [])
+        err = _submit_dfs_shards(client, readers, store_root, start, cfg, manifest, group, staging, futures, workers,
+                                 shards_per_worker, min_shard_entities, len(groups), only_entities)
+        for d in group if err else ():
+            failed[d] = f"{d}: {err}"
+        del readers  # the shards hold their pieces; the readers' events go once the pieces are taken
 
     def empty(day: str) -> dict:
         return _empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity], features=features, families=fams)
 
-    report.errors.extend(failed[d] for d in days if d in failed)
-    return _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in days if d not in failed], fams, t0, report,
-                       per_day=True, empty=empty)
+    report.errors.extend(failed.values())
+    _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in days if d not in failed], fams, t0, report,
+                per_day=True, empty=empty)
+    report.errors.sort()  # day order, whichever step failed
+    return report
+
+
+def _submit_dfs_shards(client, readers: list, store_root: str, start: str, cfg: dfs.DFSConfig, manifest: dict,
+                       group: list[str], staging: dict, futures: dict, workers: int, shards_per_worker: int,
+                       min_shard_entities: int, n_groups: int, only_entities: list | None) -> str | None:
+    """Plan one group's shards from its readers' bucket counts and submit them (appending to
+    `futures`); returns the readers' error message instead when one failed."""
+    try:
+        stats = client.gather([client.submit(dfs.bucket_stats, r, pure=False) for r in readers])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    events = sum(s[0] for s in stats)
+    entities = sum(s[1] for s in stats)  # an entity seen by two readers counts twice: an upper bound
+    n_buckets = len(events)
+    n = max(1, shard_count(int(entities.sum()), workers, shards_per_worker, min_shard_entities, days_in_run=n_groups),
+            ceil_div(int(entities.sum()) * len(group), DFS_MAX_ROWS_PER_TASK), ceil_div(int(events.sum()), DFS_MAX_EVENTS_PER_TASK))
+    weight = events + DFS_ROW_COST_EVENTS * entities * len(group)
+    # every bucket belongs to a shard, empty ones too (their snapshot users still get rows)
+    shards = plan_weighted_shards({b: float(weight[b]) for b in range(n_buckets)}, min(n, n_buckets))
+    for i, buckets in enumerate(shards):
+        pieces = [client.submit(dfs.take_buckets, r, buckets, pure=False) for r in readers]
+        fut = client.submit(dfs.shard_task, store_root, start, cfg, manifest, group, pieces, buckets, n_buckets,
+                            {d: str(staging[d]) for d in group}, i, len(shards), only_entities, DFS_MAX_ROWS_PER_TASK,
+                            pure=False)
+        for d in group:
+            futures[d].append(fut)
+    return None
 
 
 def _even_parts(items: list, n: int) -> list[list]:
