@@ -238,6 +238,11 @@ def test_a_day_nobody_is_listed_on_gets_an_empty_partition_and_a_failed_read_nam
     rep = runner.run_dfs(dask_client, root, [early, SUNDAY], START, replace(cfg, training_window_days=3), days_per_task=1)
     assert [d["day"] for d in rep.days] == [early] and rep.days[0]["rows"] > 0
     assert len(rep.errors) == 1 and rep.errors[0].startswith(SUNDAY) and str(bad) in rep.errors[0], rep.errors
+    # the window's first file unreadable too: the day fails before any task, by file, the run goes on
+    first = next(partition_dir(root, "raw_events", shift_day(SUNDAY, -2)).glob("*.parquet"))
+    first.write_bytes(b"not parquet either")
+    rep = runner.run_dfs(dask_client, root, [early, SUNDAY], START, replace(cfg, training_window_days=3), days_per_task=1)
+    assert [d["day"] for d in rep.days] == [early] and len(rep.errors) == 1 and str(first) in rep.errors[0], rep.errors
 
 
 def test_a_backfill_shard_computing_several_cutoffs_equals_one_day_at_a_time(store, computed, dask_client, tmp_path):

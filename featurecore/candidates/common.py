@@ -282,7 +282,10 @@ def source_columns(store_root: str | os.PathLike, asset: str, days: list[str]) -
         if partition_exists(store_root, asset, d):
             files = sorted(partition_dir(store_root, asset, d).glob("*.parquet"))
             if files:
-                return list(pq.read_schema(files[0]).names)
+                try:
+                    return list(pq.read_schema(files[0]).names)
+                except (pa.ArrowException, OSError) as exc:
+                    raise CandidateError(f"{asset}: cannot read the schema of {files[0]}: {exc}") from exc
     return []
 
 
