@@ -5,7 +5,11 @@
     daily volume; 30 vs 90 days at the real sizes). A task holds one day of raw events
     (tiles) or one window of tiles plus the all-time state (features), so the peak should
     stay flat however many days a backfill covers. Workers are restarted before each run
-    so both start from the same idle baseline.
+    so both start from the same idle baseline. The first N1 days are not a steady state
+    for memory: the 30-day windows are still filling and new users keep arriving (10M
+    events: 81k users by day 30, 92k by day 90), so (1b) also runs the feature step alone
+    (tiles already there) over the last N1 vs all N2 days, both ending on the same day:
+    same windows and users at the end, only the number of days differs.
 (2) Per-day feature cost of 30-day vs 1-day windows: ``bench_user_30d`` and
     ``bench_user_1d`` are ``bench_user`` with every finite window replaced by 30 days, resp.
     1 day (duplicates dropped; the all-time recency kept), so they have the same features
@@ -61,6 +65,11 @@ class MemoryScalingResult:
     size: str
     runs: list[ScalingRun]
     per_day: dict[str, dict]  # group -> {median, mean, days, tile_columns, features}
+    feature_runs: list[ScalingRun]  # (1b): the feature step alone, the last N1 vs all N2 days
+
+    @property
+    def feature_peak_ratio(self) -> float:
+        return self.feature_runs[1].memory.peak_worker / self.feature_runs[0].memory.peak_worker
 
     @property
     def peak_ratio(self) -> float:
@@ -82,6 +91,9 @@ class MemoryScalingResult:
         rows = [[f"full backfill, {r.days} days", f"{r.events:,}", fmt_seconds(r.seconds),
                  fmt_seconds(r.seconds / r.days), fmt_bytes(r.memory.peak), fmt_bytes(r.memory.delta),
                  fmt_bytes(r.memory.peak_worker)] for r in self.runs]
+        rows += [[f"features only, last {r.days} days", f"{r.events:,}", fmt_seconds(r.seconds),
+                  fmt_seconds(r.seconds / r.days), fmt_bytes(r.memory.peak), fmt_bytes(r.memory.delta),
+                  fmt_bytes(r.memory.peak_worker)] for r in self.feature_runs]
         a = table(["run (bench_user)", "events", "time", "per day", "peak RSS", "above idle", "largest worker"], rows,
                   title=f"Benchmark 2 - memory scaling and window cost ({self.size})")
         b = table(
@@ -93,6 +105,8 @@ class MemoryScalingResult:
         lines = [a, "", b, "",
                  f"peak RSS {n1} days / {n0} days: {fmt_ratio(self.peak_ratio)} total, {fmt_ratio(self.delta_ratio)} "
                  f"above idle, {fmt_ratio(self.worker_ratio)} largest worker (flat = ~1x)",
+                 f"features only, same last day, {n1} days / {n0} days: largest worker "
+                 f"{fmt_ratio(self.feature_peak_ratio)} (flat = ~1x)",
                  f"per-day feature cost 30-day windows / 1-day windows: {fmt_ratio(self.cost_ratio)} (close = ~1x)"]
         return "\n".join(lines)
 
@@ -136,7 +150,23 @@ def run(ctx) -> MemoryScalingResult:
             "windows": ", ".join(w.label for w in g.windows),
             "median": float(np.median(secs)), "mean": float(np.mean(secs)), "days": len(secs), "wall": wall,
         }
-    return MemoryScalingResult(size.name, runs, per_day)
+    # (1b) the feature step alone over the last n_short vs all n_long days (same last day)
+    from featurecore.pipeline import plan_chunks, window_artefact
+
+    sliding = {w.n_days for w in GROUP.windows if not w.is_all_time and w.n_days > 1}
+    feature_runs = []
+    for n in (n_short, n_long):
+        fdays = days[-n:]
+        clear_assets(store, GROUP.name, state_asset(GROUP), *(window_artefact(GROUP, w, k) for w in sliding
+                                                            for k in ("prefix", "suffix")))
+        client = ctx.cluster.fresh()
+        log(f"  features only, the last {n} days ...")
+        with timed(sampler) as t:
+            client.gather([client.submit(features_range, chunk, GROUP, store, days[0], pure=False)
+                           for chunk in plan_chunks(fdays, GROUP, len(client.scheduler_info()["workers"]))])
+        feature_runs.append(ScalingRun(n, data.events_in(fdays), t["seconds"], t["memory"]))
+        log(f"      {fmt_seconds(t['seconds'])}, largest worker {fmt_bytes(t['memory'].peak_worker)}")
+    return MemoryScalingResult(size.name, runs, per_day, feature_runs)
 
 
 def summary_rows(r: MemoryScalingResult) -> list[list[str]]:
@@ -146,6 +176,8 @@ def summary_rows(r: MemoryScalingResult) -> list[list[str]]:
         ["2 scaling", f"peak RSS backfill {n1} days", fmt_bytes(r.runs[1].memory.peak), "", ""],
         ["2 scaling", f"peak RSS {n1}d / {n0}d (above idle)",
          f"{fmt_ratio(r.peak_ratio)} ({fmt_ratio(r.delta_ratio)})", "flat (~1x)", _yn(r.peak_ratio <= 1.25)],
+        ["2 scaling", f"features only, same last day: worker peak {n1}d / {n0}d", fmt_ratio(r.feature_peak_ratio),
+         "flat (~1x)", _yn(r.feature_peak_ratio <= 1.25)],
         ["2 scaling", "feature s/day 30d / 1d windows", fmt_ratio(r.cost_ratio), "close (~1x)",
          _yn(r.cost_ratio <= 1.5)],
     ]
