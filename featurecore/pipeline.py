@@ -265,17 +265,11 @@ class _Sliding:
                 break
             d = shift_day(d, 1)
         # every S(d) of the chain is kept: later days of this run and later runs read them
-        # (unlike prefixes, where only P(day - 1) is needed again). Those past the next day go
-        # to the store at once rather than memory: a task holds two suffixes, not a block's worth.
-        keep_to = shift_day(day, 1)
+        # (unlike prefixes, where only P(day - 1) is needed again)
         for d in reversed(chain):
             nxt = None if d == be else base
-            base = _merge_opt([nxt, self._tile(n, d)], self.group)
-            if d > keep_to:
-                _write_artefact(self.root, name, d, base)
-            else:
-                cache[d] = base
-                self._new_suffix.add((n, d))
+            base = cache[d] = _merge_opt([nxt, self._tile(n, d)], self.group)
+            self._new_suffix.add((n, d))
         return cache[day]
 
     def frames(self, day: str) -> dict:
