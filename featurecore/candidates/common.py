@@ -276,6 +276,7 @@ def window_rows(store_root: str | os.PathLike, asset: str, days: list[str]) -> i
                     pass
     return total
 
+
 def source_columns(store_root: str | os.PathLike, asset: str, days: list[str]) -> list[str]:
     """Column names of the first existing partition of `asset` among `days` (schema only, no data)."""
     for d in days:

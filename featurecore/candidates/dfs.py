@@ -126,15 +126,10 @@ def read_events(store_root: str, day: str, start: str, cfg: DFSConfig, entities:
 
 
 def read_events_many(store_root: str, days: list[str], start: str, cfg: DFSConfig, entities: list | None) -> pd.DataFrame:
-    """Events of the union of the days' training windows before the last cutoff, with `amount`."""
-    cols = [cfg.entity, "ts", *[c for c in EVENT_TYPES if c != "amount"]]
-    union = _union_window(days, start, cfg)
-    avail = source_columns(store_root, cfg.source, union)
-    ev = read_window(store_root, cfg.source, union, [c for c in cols if c in avail],
-                     entity=cfg.entity, entities=entities, before=max(cutoff_of(d) for d in days))
-    if "price" in ev.columns and "quantity" in ev.columns:
-        ev["amount"] = ev["price"] * ev["quantity"]
-    return ev
+    """Events of the union of the days' training windows before the last cutoff, with `amount`
+    (the readers' path in one piece: ids as strings, events without an entity dropped)."""
+    union, before = _union_window(days, start, cfg), max(cutoff_of(d) for d in days)
+    return events_from_pieces([read_buckets(store_root, union, cfg, before, 1, entities).take([0])])
 
 
 def list_entities(store_root: str, day: str, start: str, cfg: DFSConfig) -> list[str]:
@@ -158,7 +153,7 @@ def list_entities_many(store_root: str, days: list[str], start: str, cfg: DFSCon
 #
 # A run reads each group's window once, spread over reader tasks by day, and splits the
 # events by a stable hash of the entity into buckets; a shard task takes whole buckets from
-# every reader. Every entity's events thus meet in one shard, no event is decoded twice, and
+# every reader. Every entity's events thus meet in one shard, no event of a group is decoded twice, and
 # a shard finds its own entities of each day in the events it got (no listing pass first).
 
 _BUCKET_KEY = "featurecore-dfsb"  # the 16-byte SipHash key: buckets agree across processes and runs
@@ -249,11 +244,13 @@ def events_from_pieces(pieces: list) -> pd.DataFrame:
     return ev
 
 
-def snapshot_entities(store_root: str, cfg: DFSConfig) -> list[str]:
-    """Users of the snapshot, who get a row on every day when ``entities='all'`` (else none)."""
+def snapshot_entities(store_root: str, cfg: DFSConfig, entities: list | None = None) -> list[str]:
+    """Users of the snapshot (only `entities` when given), who get a row on every day when
+    ``entities='all'`` (else none)."""
     if cfg.entities != "all" or not (Path(store_root) / "users" / "snapshot.parquet").is_file():
         return []
-    return sorted(set(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str)))
+    ids = set(read_snapshot(store_root, "users", [cfg.entity])[cfg.entity].dropna().astype(str))
+    return sorted(ids if entities is None else ids & set(map(str, entities)))
 
 
 def entities_by_day(events: pd.DataFrame, days: list[str], start: str, cfg: DFSConfig, also: list | None = None) -> dict[str, list[str]]:
@@ -310,13 +307,8 @@ def compute_window(store_root: str, days: list[str], start: str, cfg: DFSConfig,
     """The whole computation in one process (the reference for the sharded run): one read of the
     days' windows, every listed entity (only `entities` when given) of every day."""
     days = sorted(set(days), key=to_day)
-    events = events_from_pieces([read_buckets(store_root, _union_window(days, start, cfg), cfg,
-                                              max(cutoff_of(d) for d in days), 1, entities).take([0])])
-    also = snapshot_entities(store_root, cfg)
-    if entities is not None:
-        keep = set(map(str, entities))
-        also = [e for e in also if e in keep]
-    return compute_events(store_root, start, cfg, manifest, days, events, also)
+    events = read_events_many(store_root, days, start, cfg, entities)
+    return compute_events(store_root, start, cfg, manifest, days, events, snapshot_entities(store_root, cfg, entities))
 
 
 def _dimension(store_root: str, table: str) -> pd.DataFrame | None:
@@ -648,11 +640,9 @@ def shard_task(store_root: str, start: str, cfg: DFSConfig, manifest: dict, days
     events = pd.DataFrame()
     try:
         events = events_from_pieces(pieces)
-        also = snapshot_entities(store_root, cfg)
-        if also:
-            keep = None if entities is None else set(map(str, entities))
-            mine = np.isin(entity_buckets(np.array(also, dtype=object), n_buckets), buckets)
-            also = [e for e, m in zip(also, mine) if m and (keep is None or e in keep)]
+        also = snapshot_entities(store_root, cfg, entities)
+        if also:  # this shard's snapshot users: those in its buckets
+            also = np.array(also, dtype=object)[np.isin(entity_buckets(np.array(also, dtype=object), n_buckets), buckets)].tolist()
         frames, seconds = compute_events(store_root, start, cfg, manifest, days, events, also, max_rows)
         written = {d: (f, write_part(f, Path(staging[d]), index)) for d, f in frames.items()}
     except CandidateError as exc:

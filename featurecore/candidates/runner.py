@@ -209,7 +209,7 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
     buckets, and one task per shard of buckets computes all its entities' cutoffs from one EntitySet.
 
     Shards are planned from the readers' per-bucket counts (events, entities), so no listing pass
-    precedes them and no event is decoded twice. `only_entities` restricts every day to those
+    precedes them and no event of a group is decoded twice. `only_entities` restricts every day to those
     entities (benchmarks, partial recomputes).
     """
     report = RunReport(dfs.ASSET)
@@ -255,8 +255,8 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
         readers, ahead = ahead, (read(groups[k + 1]) if k + 1 < len(groups) else [])
         err = _submit_dfs_shards(client, readers, store_root, start, cfg, manifest, group, staging, futures, workers,
                                  shards_per_worker, min_shard_entities, len(groups), only_entities)
-        for d in group if err else ():
-            failed[d] = f"{d}: {err}"
+        if err:
+            failed.update({d: f"{d}: {err}" for d in group})
         del readers  # the shards hold their pieces; the readers' events go once the pieces are taken
 
     def empty(day: str) -> dict:
