@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from candidate_store import START, SUNDAY, build_store
 
 from featurecore.candidates import dfs, runner
@@ -314,3 +316,46 @@ def test_pieces_whose_day_files_typed_a_column_differently_still_meet():
                   "quantity": pa.array([1.0])})
     ev = dfs.events_from_pieces([a, None, b])
     assert ev["price"].tolist() == [3.0, 1.5] and ev["amount"].tolist() == [6.0, 1.5]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), null_share=st.sampled_from([0.0, 0.3, 1.0]))
+def test_vector_percent_true_equals_featuretools_percent_true(seed, null_share):
+    """The swapped-in primitive gives Featuretools' PercentTrue values bit for bit, nulls counted as False,
+    directly on events and stacked through sessions, at cutoffs with a training window."""
+    from featurecore.candidates.primitives import VectorPercentTrue
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    ts = pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 20 * 86400, n), unit="s")
+    flag = pd.Series(rng.random(n) < rng.random(), dtype="boolean")
+    flag[rng.random(n) < null_share] = pd.NA
+    ev = pd.DataFrame({"_event": np.arange(n), "ts": ts, "flag": flag,
+                       "session_id": [f"s{i}" for i in rng.integers(0, max(n // 3, 1), n)]})
+    ev["user_id"] = ev["session_id"].map(lambda s: f"u{int(s[1:]) % 7}")
+    sessions = ev.groupby("session_id").agg(user_id=("user_id", "first"), start=("ts", "min")).reset_index()
+    es = ft.EntitySet("pt")
+    es.add_dataframe(dataframe_name="events", dataframe=ev.drop(columns="user_id").sort_values("ts"), index="_event",
+                     time_index="ts", logical_types={"flag": "BooleanNullable", "session_id": "Unknown"})
+    es.add_dataframe(dataframe_name="sessions", dataframe=sessions, index="session_id", time_index="start",
+                     logical_types={"user_id": "Unknown"})
+    es.add_dataframe(dataframe_name="users", dataframe=pd.DataFrame({"user_id": sorted(sessions["user_id"].unique())}),
+                     index="user_id")
+    es.add_relationship("users", "user_id", "sessions", "user_id")
+    es.add_relationship("sessions", "session_id", "events", "session_id")
+    users = es["users"]["user_id"].tolist()
+    ct = pd.concat([pd.DataFrame({"user_id": users, "time": pd.Timestamp("2026-01-01") + pd.Timedelta(days=d)})
+                    for d in (5, 12, 21)], ignore_index=True)
+    out = {}
+    for prim in ("percent_true", VectorPercentTrue):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            feats = ft.dfs(entityset=es, target_dataframe_name="users", agg_primitives=[prim, "mean", "std"],
+                           trans_primitives=[], max_depth=2, features_only=True)
+            feats = [f for f in feats if "PERCENT_TRUE" in f.get_name()]
+            out[prim if isinstance(prim, str) else "vector"] = ft.calculate_feature_matrix(
+                feats, entityset=es, cutoff_time=ct, training_window="10 days", include_cutoff_time=False,
+                cutoff_time_in_index=True)
+    ref, got = out["percent_true"], out["vector"]
+    assert list(got.columns) == list(ref.columns) and any("sessions.PERCENT_TRUE" in c for c in ref.columns)
+    pd.testing.assert_frame_equal(got.astype("float64"), ref.astype("float64"), check_exact=True)

@@ -97,7 +97,8 @@ class DFSConfig:
         """Version of the feature definitions: a hash of this config and the Featuretools version."""
         import featuretools as ft
 
-        return config_hash(self, ft.__version__, "dfs-2")  # dfs-2: session-days
+        # dfs-2: session-days; dfs-3: percent_true is primitives.VectorPercentTrue (same values)
+        return config_hash(self, ft.__version__, "dfs-3")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -493,6 +494,8 @@ def discover(store_root: str, day: str, start: str, cfg: DFSConfig, entities: li
     """Discover definitions on a sample of day D's entities, prune, save them (and PCA); returns the manifest."""
     import featuretools as ft
 
+    from .primitives import agg_primitives
+
     t0 = time.perf_counter()
     out = artifact_dir(store_root, ASSET, cfg.version())
     entities = entities if entities is not None else list_entities(store_root, day, start, cfg)
@@ -512,7 +515,7 @@ def discover(store_root: str, day: str, start: str, cfg: DFSConfig, entities: li
         es.add_interesting_values(dataframe_name="events", values=interesting)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        feats = ft.dfs(entityset=es, target_dataframe_name="users", agg_primitives=list(cfg.agg_primitives),
+        feats = ft.dfs(entityset=es, target_dataframe_name="users", agg_primitives=agg_primitives(cfg.agg_primitives),
                        trans_primitives=list(cfg.trans_primitives), where_primitives=list(cfg.where_primitives),
                        max_depth=cfg.max_depth, features_only=True)
     generated = len(feats)
@@ -567,6 +570,8 @@ def load_manifest(store_root: str, cfg: DFSConfig) -> dict | None:
 def load_definitions(store_root: str, manifest: dict) -> list:
     """The saved Featuretools feature definitions of a manifest (looked up under this store's artifacts)."""
     import featuretools as ft
+
+    from . import primitives  # noqa: F401  (definitions name its classes; also imported by Featuretools itself when installed)
 
     path = str(artifact_dir(store_root, ASSET, manifest["version"]) / "features.json")
     key = (path, manifest["definitions_sha"])
