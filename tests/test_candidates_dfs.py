@@ -359,3 +359,24 @@ def test_vector_percent_true_equals_featuretools_percent_true(seed, null_share):
     ref, got = out["percent_true"], out["vector"]
     assert list(got.columns) == list(ref.columns) and any("sessions.PERCENT_TRUE" in c for c in ref.columns)
     pd.testing.assert_frame_equal(got.astype("float64"), ref.astype("float64"), check_exact=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["u1", "u2", "u10"]), st.sampled_from(["s1", "s2", None, 7]),
+                               st.integers(0, 4 * 86400 - 1)), max_size=60))
+def test_session_keys_are_entity_session_and_utc_day(rows):
+    """Each event's session key spells (entity, session id or its own event, UTC day); the sessions table
+    has one row per key with its entity and first event time (brute force per event)."""
+    ev = pd.DataFrame({"_event": np.arange(len(rows), dtype="int64"),
+                       "user_id": pd.Series([r[0] for r in rows], dtype=object),
+                       "ts": pd.Series(pd.Timestamp("2026-03-01") + pd.to_timedelta([r[2] for r in rows], unit="s"),
+                                       dtype="datetime64[ns]"),
+                       "session_id": pd.Series([r[1] for r in rows], dtype=object)})
+    names, sessions = dfs._session_keys(ev, "user_id")
+    want = [f"{u}|{s if s is not None else f'_event_{i}'}|{(pd.Timestamp('2026-03-01') + pd.Timedelta(seconds=t)).toordinal() - 719163}"
+            for i, (u, s, t) in enumerate(rows)]
+    assert list(names) == want
+    assert sessions["session_id"].is_unique and set(sessions["session_id"]) == set(want)
+    for name, row in sessions.set_index("session_id").iterrows():
+        mine = [i for i, w in enumerate(want) if w == name]
+        assert row["user_id"] == rows[mine[0]][0] and row["session_start"] == ev["ts"].iloc[mine].min()

@@ -34,6 +34,7 @@ empty set is 0 (Featuretools' own default).
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 import warnings
@@ -366,6 +367,7 @@ def _build_entityset(events, users, products, schema, entities):
     key = schema["entity"]
     ev_types = schema["events"]
     ev = pd.DataFrame({"_event": np.arange(len(events), dtype="int64")})
+    sessions = None
     ev[key] = events[key].astype(str).to_numpy() if len(events) else pd.Series(dtype=object)
     # Featuretools compares naive times; everything in the store is UTC.
     ev["ts"] = pd.to_datetime(events["ts"], utc=True).dt.tz_localize(None).to_numpy() if len(events) else pd.Series(dtype="datetime64[ns]")
@@ -377,16 +379,11 @@ def _build_entityset(events, users, products, schema, entities):
         # session key so a session id reused by two entities cannot mix them; the UTC day is
         # too, so no session straddles a window start or cutoff (both midnights) and one
         # EntitySet serves any set of cutoffs with the values of one built per cutoff.
-        missing = ev["session_id"].isna()
-        ev.loc[missing, "session_id"] = "_event_" + ev.loc[missing, "_event"].astype(str)
-        ev["session_id"] = (ev[key].astype(str) + "|" + ev["session_id"].astype(str) + "|"
-                            + ev["ts"].to_numpy().astype("datetime64[D]").astype("int64").astype(str).astype(object))
+        ev["session_id"], sessions = _session_keys(ev, key)
     ev = ev.sort_values(["ts", "_event"], kind="stable").reset_index(drop=True)
 
     es = ft.EntitySet("candidates")
-    sessions = None
     if schema["sessions"]:
-        sessions = ev.groupby("session_id", sort=True).agg(**{key: (key, "first"), "session_start": ("ts", "min")}).reset_index()
         # users -> sessions -> events (no direct users -> events edge): with a diamond Featuretools
         # only aggregates along the long path and never stacks per-session aggregates.
         ev = ev.drop(columns=[key])
@@ -397,8 +394,9 @@ def _build_entityset(events, users, products, schema, entities):
         fk["session_id"] = "Unknown"
     if schema["products"] is not None:
         fk["product_id"] = "Unknown"
+    # already sorted above by (ts, _event): Woodwork would sort again by the same unique keys
     es.add_dataframe(dataframe_name="events", dataframe=ev, index="_event", time_index="ts",
-                     logical_types={**ev_types, **fk})
+                     logical_types={**ev_types, **fk}, already_sorted=True)
 
     u = pd.DataFrame({key: pd.Series(sorted(set(map(str, entities))), dtype=object)})
     utypes = schema["users"]
@@ -422,7 +420,8 @@ def _build_entityset(events, users, products, schema, entities):
 
     ptypes = schema["products"]
     if ptypes is not None:
-        pids = sorted(set(ev["product_id"].dropna()))
+        # unique() first: Woodwork made the column a pandas string array, which iterates one boxed item at a time
+        pids = sorted(ev["product_id"].dropna().unique().tolist())
         p = pd.DataFrame({"product_id": pd.Series(pids, dtype=object)})
         if products is not None:
             cols = ["product_id", *[c for c in ptypes if c in products.columns]]
@@ -437,6 +436,37 @@ def _build_entityset(events, users, products, schema, entities):
         es.add_relationship("products", "product_id", "events", "product_id")
 
     return es
+
+
+def _session_keys(ev: pd.DataFrame, key: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """Each event's session key ``"<entity>|<session id or _event_<n>>|<UTC day number>"`` and the
+    sessions table (key, entity, first event time).
+
+    The key is found as integer codes first and spelled out once per session, not once per event:
+    building and grouping a string per event was most of a large shard's EntitySet time.
+    """
+    n = len(ev)
+    e_codes, e_uniq = pd.factorize(ev[key].to_numpy(dtype=object))
+    s_codes, s_uniq = pd.factorize(ev["session_id"].to_numpy(dtype=object))  # -1: no session id
+    labels = pd.Series(s_uniq, dtype=object).astype(str).to_numpy(dtype=object)
+    missing = np.flatnonzero(s_codes < 0)
+    if len(missing):  # an event without a session id is a session of its own
+        s_codes = s_codes.copy()
+        s_codes[missing] = len(labels) + np.arange(len(missing))
+        own = ("_event_" + pd.Series(ev["_event"].to_numpy()[missing]).astype(str)).to_numpy(dtype=object)
+        labels = np.concatenate([labels, own])
+    day = ev["ts"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    d_codes, d_uniq = pd.factorize(day)
+    # (entity, session) then (that, day): codes stay below n**2, far from int64 overflow
+    a_codes, a_uniq = pd.factorize(e_codes.astype(np.int64) * len(labels) + s_codes)
+    codes, b_uniq = pd.factorize(a_codes.astype(np.int64) * len(d_uniq) + d_codes)
+    a = a_uniq[b_uniq // len(d_uniq)]
+    ent = e_uniq[a // len(labels)].astype(object)
+    names = (pd.Series(ent, dtype=object) + "|" + pd.Series(labels[a % len(labels)], dtype=object) + "|"
+             + pd.Series(d_uniq[b_uniq % len(d_uniq)]).astype(str)).to_numpy(dtype=object)
+    start = pd.Series(ev["ts"].to_numpy()).groupby(codes, sort=False).min()
+    sessions = pd.DataFrame({"session_id": names, key: ent, "session_start": start.reindex(range(len(names))).to_numpy()})
+    return names[codes] if n else np.zeros(0, dtype=object), sessions
 
 
 def _cutoff_frame(entities: list, day: str, key: str) -> pd.DataFrame:
@@ -571,7 +601,8 @@ def load_definitions(store_root: str, manifest: dict) -> list:
     """The saved Featuretools feature definitions of a manifest (looked up under this store's artifacts)."""
     import featuretools as ft
 
-    from . import primitives  # noqa: F401  (definitions name its classes; also imported by Featuretools itself when installed)
+    # definitions name its classes (Featuretools also imports it itself where the package is installed)
+    importlib.import_module(".primitives", __package__)
 
     path = str(artifact_dir(store_root, ASSET, manifest["version"]) / "features.json")
     key = (path, manifest["definitions_sha"])
