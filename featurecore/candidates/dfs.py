@@ -62,6 +62,8 @@ COUNT_LIKE = {"Count", "NumUnique", "NumTrue"}
 EVENT_TYPES = {"event_type": "Categorical", "product_id": "Categorical", "session_id": "Categorical",
                "device_type": "Categorical", "referrer": "Categorical",
                "price": "Double", "quantity": "Double", "amount": "Double"}
+# Low-cardinality string columns read as Arrow dictionaries (pandas categoricals, as Woodwork keeps them).
+DICTIONARY_COLUMNS = ("event_type", "device_type", "referrer")
 BOOKKEEPING = ("source_file", "row_number")
 _DEFINITIONS_CACHE: dict = {}
 MAX_CATEGORIES = 50  # string attributes with more distinct values are dropped (identifiers, free text)
@@ -204,7 +206,8 @@ def read_buckets(store_root: str, days: list[str], cfg: DFSConfig, before: pd.Ti
     """Dask task: events of the partition `days` before `before` (only `entities` when given), by entity bucket."""
     empty = EventBuckets(None, np.zeros(n_buckets + 1, np.int64), np.zeros(n_buckets, np.int64))
     cols = event_columns(store_root, cfg, days)
-    tbl = read_window_table(store_root, cfg.source, days, cols, entity=cfg.entity, entities=entities, before=before) if cols else None
+    tbl = read_window_table(store_root, cfg.source, days, cols, entity=cfg.entity, entities=entities, before=before,
+                            dictionary=DICTIONARY_COLUMNS) if cols else None
     if tbl is None:
         return empty
     tbl = tbl.filter(pc.is_valid(tbl.column(cfg.entity)))  # an event without an entity belongs to no one
@@ -373,7 +376,12 @@ def _build_entityset(events, users, products, schema, entities):
     ev["ts"] = pd.to_datetime(events["ts"], utc=True).dt.tz_localize(None).to_numpy() if len(events) else pd.Series(dtype="datetime64[ns]")
     for c, t in ev_types.items():
         col = events[c] if c in events.columns else pd.Series(np.nan, index=events.index)
-        ev[c] = col.astype("float64").to_numpy() if t == "Double" else col.astype(object).where(col.notna(), None).to_numpy()
+        if t == "Double":
+            ev[c] = col.astype("float64").to_numpy()
+        elif t == "Categorical" and isinstance(col.dtype, pd.CategoricalDtype):
+            ev[c] = col.array  # already what Woodwork makes of a Categorical column
+        else:
+            ev[c] = col.astype(object).where(col.notna(), None).to_numpy()
     if schema["sessions"]:
         # Events without a session id form a session of their own; the entity is part of the
         # session key so a session id reused by two entities cannot mix them; the UTC day is
