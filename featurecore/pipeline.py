@@ -201,6 +201,7 @@ class _Sliding:
         self.cols = {w.n_days: group.tile_columns_for(w) for w in self.finite}
         self.exact = {n: merge_is_exact(group, cols) for n, cols in self.cols.items()}
         self._new_suffix: set[tuple[int, str]] = set()
+        self._stored_prefix: set[tuple[int, str]] = set()  # read from the store: persist need not rewrite them
 
     def _tile(self, n: int, day: str) -> pd.DataFrame | None:
         return _select(self.tiles.get(day), self.group, self.cols[n])
@@ -219,6 +220,7 @@ class _Sliding:
             found, fr = _read_artefact(self.root, name, d)
             if found:
                 base = cache[d] = fr
+                self._stored_prefix.add((n, d))
                 break
             chain.append(d)
             if d == bs:
@@ -305,7 +307,7 @@ class _Sliding:
         """
         for n in _sliding_sizes(self.group):
             for d in (shift_day(last, -1), last):
-                if d in self.P[n]:
+                if d in self.P[n] and (n, d) not in self._stored_prefix:
                     _write_artefact(self.root, window_artefact(self.group, n, "prefix"), d, self.P[n][d])
             lo = shift_day(last, -(n - 1))  # S(lo) too: re-running the last day (a late file, a retry) reads it
             for (m, d) in sorted(self._new_suffix):
