@@ -318,6 +318,38 @@ def test_pieces_whose_day_files_typed_a_column_differently_still_meet():
     assert ev["price"].tolist() == [3.0, 1.5] and ev["amount"].tolist() == [6.0, 1.5]
 
 
+def test_string_columns_read_as_dictionaries_whatever_each_day_file_stored(tmp_path):
+    """event_type read as a dictionary from string, large_string and dictionary-typed day files alike; a day file
+    storing it as numbers makes the read fall back to plain columns; pieces of readers over different files meet."""
+    root = str(tmp_path)
+
+    def day_file(day: str, event_type: pa.Array) -> None:
+        n = len(event_type)
+        write_partition(pa.table({"user_id": [f"u{i}" for i in range(n)], "ts": pa.array([pd.Timestamp(day, tz="UTC")] * n),
+                                  "event_type": event_type}), root, "raw_events", day)
+
+    day_file("2026-09-01", pa.array(["view", "purchase", None], pa.string()))
+    day_file("2026-09-02", pa.array(["view", "cart_add"], pa.large_string()))
+    day_file("2026-09-03", pa.array(["view", "view"], pa.string()).dictionary_encode())
+    day_file("2026-09-04", pa.array([1, 2], pa.int64()))
+    cfg = dfs.DFSConfig(entities="active")
+    before = pd.Timestamp("2026-09-05", tz="UTC")
+    string_days = ["2026-09-01", "2026-09-02", "2026-09-03"]
+    want = ["view", "purchase", None, "view", "cart_add", "view", "view"]
+    one = dfs.read_buckets(root, string_days, cfg, before, 1).table
+    assert one.schema.field("event_type").type == pa.dictionary(pa.int32(), pa.string())
+    assert one.column("event_type").to_pylist() == want
+    # readers whose files differ in type (one falls back to the plain read): their pieces concatenate in a shard
+    ranges = (["2026-09-02", "2026-09-03"], ["2026-09-01", "2026-09-04"])
+    pieces = [dfs.read_buckets(root, d, cfg, before, 4).take([0, 1, 2, 3]) for d in ranges]
+    ev = dfs.events_from_pieces(pieces)
+    assert isinstance(ev["event_type"].dtype, pd.CategoricalDtype)
+    assert sorted(ev["event_type"].dropna().tolist()) == sorted(["view", "cart_add", "view", "view", "view", "purchase", "1", "2"])
+    # a numeric day file: no dictionary read possible, the plain read casts as it always did
+    mixed = dfs.read_buckets(root, string_days + ["2026-09-04"], cfg, before, 1).table
+    assert mixed.column("event_type").to_pylist() == want + ["1", "2"]
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1), null_share=st.sampled_from([0.0, 0.3, 1.0]))
 def test_vector_percent_true_equals_featuretools_percent_true(seed, null_share):
@@ -361,22 +393,28 @@ def test_vector_percent_true_equals_featuretools_percent_true(seed, null_share):
     pd.testing.assert_frame_equal(got.astype("float64"), ref.astype("float64"), check_exact=True)
 
 
-@settings(max_examples=60, deadline=None)
-@given(rows=st.lists(st.tuples(st.sampled_from(["u1", "u2", "u10"]), st.sampled_from(["s1", "s2", None, 7]),
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["u1", "u2", "u10", "a", "a|b"]), st.sampled_from(["s1", "s2", None, 7, "c", "b|c", "_event_0"]),
                                st.integers(0, 4 * 86400 - 1)), max_size=60))
 def test_session_keys_are_entity_session_and_utc_day(rows):
-    """Each event's session key spells (entity, session id or its own event, UTC day); the sessions table
-    has one row per key with its entity and first event time (brute force per event)."""
+    """Each event's session is (entity, session id or its own event, UTC day), spelled
+    ``entity|session|day`` (disambiguated where two such triples spell the same string); the sessions
+    table has one row per session with its entity and first event time (brute force per event)."""
     ev = pd.DataFrame({"_event": np.arange(len(rows), dtype="int64"),
                        "user_id": pd.Series([r[0] for r in rows], dtype=object),
                        "ts": pd.Series(pd.Timestamp("2026-03-01") + pd.to_timedelta([r[2] for r in rows], unit="s"),
                                        dtype="datetime64[ns]"),
                        "session_id": pd.Series([r[1] for r in rows], dtype=object)})
     names, sessions = dfs._session_keys(ev, "user_id")
-    want = [f"{u}|{s if s is not None else f'_event_{i}'}|{(pd.Timestamp('2026-03-01') + pd.Timedelta(seconds=t)).toordinal() - 719163}"
-            for i, (u, s, t) in enumerate(rows)]
-    assert list(names) == want
-    assert sessions["session_id"].is_unique and set(sessions["session_id"]) == set(want)
+    day = [(pd.Timestamp("2026-03-01") + pd.Timedelta(seconds=t)).toordinal() - 719163 for _, _, t in rows]
+    triple = [(u, ("s", str(s)) if s is not None else ("own", i), day[i]) for i, (u, s, _) in enumerate(rows)]
+    spelled = [f"{u}|{s[1] if s[0] == 's' else f'_event_{s[1]}'}|{d}" for u, s, d in triple]
+    for i in range(len(rows)):
+        for j in range(len(rows)):
+            assert (names[i] == names[j]) == (triple[i] == triple[j])
+        if len({triple[j] for j in range(len(rows)) if spelled[j] == spelled[i]}) == 1:
+            assert names[i] == spelled[i]
+    assert sessions["session_id"].is_unique and set(sessions["session_id"]) == set(names)
     for name, row in sessions.set_index("session_id").iterrows():
-        mine = [i for i, w in enumerate(want) if w == name]
+        mine = [i for i in range(len(rows)) if names[i] == name]
         assert row["user_id"] == rows[mine[0]][0] and row["session_start"] == ev["ts"].iloc[mine].min()

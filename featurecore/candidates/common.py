@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -250,25 +251,51 @@ def read_window_table(
 ) -> pa.Table | None:
     """``read_window`` as an Arrow table (None when no partition exists): no pandas objects per row.
 
-    String columns named in `dictionary` are read as Arrow dictionaries straight from Parquet's
-    dictionary pages (pandas categoricals later): for a handful of distinct values over millions
-    of rows that decodes ~4x faster than materializing every string.
+    Columns named in `dictionary` that the (first) file stores as strings are read as Arrow
+    dictionaries straight from Parquet's dictionary pages (pandas categoricals later): for a
+    handful of distinct values over many rows that decodes faster than materializing every
+    string. Where a later file stores such a column in a type Arrow cannot read as a
+    dictionary, the read falls back to plain columns, as without `dictionary`.
     """
     files = [str(f) for d in days if partition_exists(store_root, asset, d) for f in sorted(partition_dir(store_root, asset, d).glob("*.parquet"))]
     if not files:
         return None
     dset = pads.dataset(files, format="parquet")
-    as_dict = [c for c in dictionary if c in dset.schema.names and pa.types.is_string(dset.schema.field(c).type)]
-    if as_dict:
-        fmt = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(dictionary_columns=as_dict))
-        dset = pads.dataset(files, format=fmt)
     flt = None
     if entities is not None:
         flt = pads.field(entity).isin(pa.array(list(entities)))
     if before is not None:
         b = pads.field(time_col) < pa.scalar(before.to_pydatetime(), type=dset.schema.field(time_col).type)
         flt = b if flt is None else flt & b
+    as_dict = [c for c in dictionary if c in dset.schema.names
+               and (pa.types.is_string(dset.schema.field(c).type) or pa.types.is_large_string(dset.schema.field(c).type))]
+    if as_dict:
+        fmt = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(dictionary_columns=as_dict))
+        try:
+            return pads.dataset(files, format=fmt).to_table(columns=columns, filter=flt)
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):
+            pass  # e.g. a later file stores the column as numbers: the plain read casts (or names the file)
     return dset.to_table(columns=columns, filter=flt)
+
+
+def as_string_dictionaries(tbl: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    """`tbl` with each string-like column of `columns` as ``dictionary<int32, string>`` (other types
+    untouched), so tables read from files that typed a column differently still concatenate."""
+    want = pa.dictionary(pa.int32(), pa.string())
+    for c in columns:
+        if c not in tbl.schema.names:
+            continue
+        t = tbl.schema.field(c).type
+        if t == want:
+            continue
+        col = tbl.column(c)
+        if pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)):
+            col = col.cast(pa.string())
+        elif not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+            continue
+        col = pc.dictionary_encode(col.cast(pa.string()))
+        tbl = tbl.set_column(tbl.schema.get_field_index(c), c, col)
+    return tbl
 
 
 def window_rows(store_root: str | os.PathLike, asset: str, days: list[str]) -> int:

@@ -50,8 +50,8 @@ from ..ingest import read_snapshot
 from ..timeutil import cutoff as cutoff_of
 from ..timeutil import day_start, to_day
 from .common import (
-    CandidateError, EmptyShardError, artifact_dir, as_candidates, check_columns, config_hash, file_sha, read_window,
-    read_window_table, save_json, source_columns, window_days, worker_name, write_part,
+    CandidateError, EmptyShardError, artifact_dir, as_candidates, as_string_dictionaries, check_columns, config_hash,
+    file_sha, read_window, read_window_table, save_json, source_columns, window_days, worker_name, write_part,
 )
 
 ASSET = "dfs_candidates"
@@ -213,6 +213,8 @@ def read_buckets(store_root: str, days: list[str], cfg: DFSConfig, before: pd.Ti
     tbl = tbl.filter(pc.is_valid(tbl.column(cfg.entity)))  # an event without an entity belongs to no one
     if tbl.num_rows == 0:
         return empty
+    # one type whatever the files stored, so every reader's pieces concatenate in a shard
+    tbl = as_string_dictionaries(tbl, DICTIONARY_COLUMNS)
     # ids as strings from here on: buckets, listings and the EntitySet all see the same form
     key = tbl.column(cfg.entity).cast(pa.string())
     tbl = tbl.set_column(tbl.schema.get_field_index(cfg.entity), cfg.entity, key)
@@ -379,7 +381,9 @@ def _build_entityset(events, users, products, schema, entities):
         if t == "Double":
             ev[c] = col.astype("float64").to_numpy()
         elif t == "Categorical" and isinstance(col.dtype, pd.CategoricalDtype):
-            ev[c] = col.array  # already what Woodwork makes of a Categorical column
+            # what Woodwork makes of the strings (sorted categories, only those present), without the strings
+            cat = col.array.remove_unused_categories()
+            ev[c] = cat.reorder_categories(sorted(cat.categories))
         else:
             ev[c] = col.astype(object).where(col.notna(), None).to_numpy()
     if schema["sessions"]:
@@ -472,6 +476,10 @@ def _session_keys(ev: pd.DataFrame, key: str) -> tuple[np.ndarray, pd.DataFrame]
     ent = e_uniq[a // len(labels)].astype(object)
     names = (pd.Series(ent, dtype=object) + "|" + pd.Series(labels[a % len(labels)], dtype=object) + "|"
              + pd.Series(d_uniq[b_uniq % len(d_uniq)]).astype(str)).to_numpy(dtype=object)
+    while len(names) and not pd.Index(names).is_unique:
+        # an id containing "|" (or a session id "_event_<n>") can spell another session's key: keep them apart
+        nth = pd.Series(names).groupby(names).cumcount().to_numpy()
+        names = np.where(nth > 0, names + "#" + nth.astype(str).astype(object), names)
     start = pd.Series(ev["ts"].to_numpy()).groupby(codes, sort=False).min()
     sessions = pd.DataFrame({"session_id": names, key: ent, "session_start": start.reindex(range(len(names))).to_numpy()})
     return names[codes] if n else np.zeros(0, dtype=object), sessions
