@@ -8,7 +8,6 @@ returning rows ``[benchmark, figure, value, target, met]`` for the final summary
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

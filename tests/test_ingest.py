@@ -130,9 +130,10 @@ def test_event_of_another_day_is_routed_to_that_day(source_cfg):
     _land(source_cfg, _events(n=4, day=prev), day=prev)
     _land(source_cfg, pd.concat([_events(), late]))  # folder DAY carries two events of `prev`
     s_prev = ingest_events_day(prev, source_cfg)
+    assert s_prev["rows"] == 4 and _accounted(s_prev)
     s_day = ingest_events_day(DAY, source_cfg)
     assert s_day["routed_to"] == {prev: 2} and s_day["rows"] == 6 and _accounted(s_day)
-    s_prev = ingest_events_day(prev, source_cfg)  # what the late-data sensor triggers
+    ingest_events_day(prev, source_cfg)  # what the late-data sensor triggers
     out = read_partition(source_cfg.store_root, "raw_events", prev)
     assert len(out) == 6 and {"late0", "late1"} <= set(out["event_id"])
     assert (out["ts"].dt.strftime("%Y-%m-%d") == prev).all()

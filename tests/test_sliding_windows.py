@@ -255,7 +255,6 @@ def test_late_tile_invalidates_later_state(tmp_path):
 
     g = GROUPS[0]
     ev = _events(11)
-    day_no = (ev["ts"].astype("int64") // (86400 * 10**9)).to_numpy()
 
     def write_raw(store, frame):
         dn = (frame["ts"].astype("int64") // (86400 * 10**9)).to_numpy()
