@@ -183,9 +183,9 @@ def _write_artefact(store_root: str, name: str, day: str, frame: pd.DataFrame | 
         pass
 
 
-def _merge_opt(parts: list[pd.DataFrame | None], group: FeatureGroup) -> pd.DataFrame | None:
+def _merge_opt(parts: list[pd.DataFrame | None], group: FeatureGroup, hll_estimates: bool = False) -> pd.DataFrame | None:
     parts = [p for p in parts if p is not None]
-    return merge_tiles(parts, group) if parts else None
+    return merge_tiles(parts, group, hll_estimates=hll_estimates) if parts else None
 
 
 class _Sliding:
@@ -284,7 +284,9 @@ class _Sliding:
                 continue
             p = self.prefix(n, day)
             start = shift_day(day, -(n - 1))
-            out[w] = p if start == block_start(day, n) else _merge_opt([self.suffix(n, start), p], self.group)
+            # S (+) P is only turned into features: its distinct counts are estimated, not re-serialized
+            out[w] = p if start == block_start(day, n) else _merge_opt([self.suffix(n, start), p], self.group,
+                                                                       hll_estimates=True)
         return out
 
     def advance(self, day: str) -> None:

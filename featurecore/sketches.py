@@ -125,18 +125,19 @@ def _coupons(h: np.ndarray) -> np.ndarray:
     return ((h >> np.uint64(64 - _ADDR_BITS)) << np.uint64(6)) | rho
 
 
-def _hll_build(g: np.ndarray, items: np.ndarray, is_reg: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sketches per group from uint64 items: coupons (``is_reg`` False) or register entries (True)."""
-    out = np.full(n_groups, None, dtype=object)
-    if len(g) == 0:
-        return out
+def _hll_union(g: np.ndarray, items: np.ndarray, is_reg: np.ndarray, n_groups: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The union per group of uint64 items (coupons where ``is_reg`` is False, register entries where
+    True): (group is in register mode, sorted ``group << 32 | coupon`` keys of the exact-mode groups,
+    sorted ``group << 32 | register entry`` keys of the register-mode groups, max rho per register)."""
     g = g.astype(np.uint64)
     reg_group = np.bincount(g[is_reg].astype(np.int64), minlength=n_groups) > 0
     keys = _sorted_unique((g[~is_reg] << np.uint64(32)) | items[~is_reg])  # distinct (entity, coupon)
     kg = (keys >> np.uint64(32)).astype(np.int64)
     reg_group |= np.bincount(kg, minlength=n_groups) > HLL_EXACT_MAX
     to_reg = reg_group[kg]
-    parts = [keys[~to_reg]]
+    exact = keys[~to_reg]
+    regs = np.zeros(0, dtype=np.uint64)
     if reg_group.any():
         c = keys[to_reg] & _U32
         shift = np.uint64(_ADDR_BITS - HLL_LG_K + 6)
@@ -144,7 +145,18 @@ def _hll_build(g: np.ndarray, items: np.ndarray, is_reg: np.ndarray, n_groups: i
         rk = np.sort(np.concatenate([as_reg, (g[is_reg] << np.uint64(32)) | items[is_reg]]))
         last = np.ones(len(rk), dtype=bool)
         last[:-1] = (rk[1:] >> np.uint64(6)) != (rk[:-1] >> np.uint64(6))  # max rho per (entity, register)
-        parts.append(rk[last])
+        regs = rk[last]
+    return reg_group, exact, regs
+
+
+def _hll_build(g: np.ndarray, items: np.ndarray, is_reg: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sketches per group from uint64 items: coupons (``is_reg`` False) or register entries (True)."""
+    out = np.full(n_groups, None, dtype=object)
+    if len(g) == 0:
+        return out
+    reg_group, exact, regs = _hll_union(g, items, is_reg, n_groups)
+    g = g.astype(np.uint64)
+    parts = [exact, regs]
     # a 0 item per group sorts first (no coupon or register entry is 0): the header's slot
     present = np.flatnonzero(np.bincount(g.astype(np.int64), minlength=n_groups))
     parts.append(present.astype(np.uint64) << np.uint64(32))
@@ -244,6 +256,20 @@ def hll_merge_by_group(codes: np.ndarray, sketches: np.ndarray, n_groups: int) -
     return out
 
 
+def hll_union_estimates(codes: np.ndarray, sketches: np.ndarray, n_groups: int) -> np.ndarray:
+    """``hll_estimates(hll_merge_by_group(codes, sketches, n_groups))`` without serializing the unions:
+    the same registers, the same estimator, the same floats (for window frames nobody stores)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    arr = _arrow(np.asarray(sketches, dtype=object))
+    ok = arr.is_valid().to_numpy(zero_copy_only=False)
+    rows, items, is_reg = _unpack(arr.filter(pa.array(ok)))
+    if len(rows) == 0:
+        return np.zeros(n_groups, dtype=np.float64)
+    _, exact, regs = _hll_union(codes[ok][rows], items, is_reg, n_groups)
+    return _estimate((exact >> np.uint64(32)).astype(np.int64), (regs >> np.uint64(32)).astype(np.int64),
+                     regs, n_groups)
+
+
 def hll_estimate(sketch: bytes | None) -> float:
     """Estimated distinct count (0.0 for an empty/absent sketch)."""
     return float(hll_estimates([sketch])[0])
@@ -276,13 +302,17 @@ def hll_estimates(sketches: Sequence[bytes | None]) -> np.ndarray:
     sketches", 2017; also Redis' PFCOUNT) uses the histogram of register values and
     has no bias correction tables: RSE ~1.04/sqrt(m) over the whole range.
     """
-    n = len(sketches)
     rows, items, is_reg = _unpack(_arrow(sketches))
-    est = np.bincount(rows[~is_reg], minlength=n).astype(np.float64)
-    if is_reg.any():
-        rr = np.unique(rows[is_reg])
-        local = np.searchsorted(rr, rows[is_reg])
-        rho = (items[is_reg] & np.uint64(63)).astype(np.int64)
+    return _estimate(rows[~is_reg], rows[is_reg], items[is_reg], len(sketches))
+
+
+def _estimate(exact_rows: np.ndarray, reg_rows: np.ndarray, reg_items: np.ndarray, n: int) -> np.ndarray:
+    """Estimates of `n` sketches from their exact-mode coupons' rows and register entries (row, item)."""
+    est = np.bincount(exact_rows, minlength=n).astype(np.float64)
+    if len(reg_rows):
+        rr = np.unique(reg_rows)
+        local = np.searchsorted(rr, reg_rows)
+        rho = (reg_items & np.uint64(63)).astype(np.int64)
         C = np.bincount(local * (_Q + 2) + rho, minlength=len(rr) * (_Q + 2)).reshape(len(rr), _Q + 2)
         C = C.astype(np.float64)
         C[:, 0] = _M - C[:, 1:].sum(axis=1)

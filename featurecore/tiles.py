@@ -394,11 +394,14 @@ def _last_values(ev: _Events, column: str, mask: np.ndarray, c: np.ndarray, tt: 
 # --------------------------------------------------------------------------- merge_tiles
 
 
-def merge_tiles(tiles: Iterable[pd.DataFrame | None], group: FeatureGroup) -> pd.DataFrame:
+def merge_tiles(tiles: Iterable[pd.DataFrame | None], group: FeatureGroup, hll_estimates: bool = False) -> pd.DataFrame:
     """Merge tiles (any days, any grouping): one row per entity, rules in the module doc.
 
     Associative and commutative; ``None`` entries are skipped. Columns absent from some
     tiles count as "no data" there; unknown columns (e.g. a partition column) are dropped.
+    ``hll_estimates``: distinct-count columns hold the unions' estimates (float64) instead of
+    the union sketches — the same numbers the features would compute from them, for a
+    frame that is only turned into features (not merged again, not stored).
     """
     keys = list(group.keys)
     parts = [t for t in tiles if t is not None]
@@ -467,7 +470,8 @@ def merge_tiles(tiles: Iterable[pd.DataFrame | None], group: FeatureGroup) -> pd
                 np.maximum.at(acc, codes, v)
             out[col] = acc
         elif st == "hll":
-            out[col] = sketches.hll_merge_by_group(codes, col_of(col, "obj"), g)
+            merge = sketches.hll_union_estimates if hll_estimates else sketches.hll_merge_by_group
+            out[col] = merge(codes, col_of(col, "obj"), g)
         elif st == "kll":
             out[col] = sketches.kll_merge_by_group(codes, col_of(col, "obj"), g)
         elif st.startswith("ema_") or st.startswith("emaw_"):
@@ -733,7 +737,10 @@ def _feature_values(f: FeatureDef, a: pd.DataFrame, w: Window, t_cut: pd.Timesta
             return v.to_numpy(dtype=np.float64, na_value=np.nan) if f.dtype == "float64" else \
                 v.astype(object).where(v.notna(), None).to_numpy()
         if k == "distinct":
-            return np.rint(sketches.hll_estimates(a[s.col("hll")].to_numpy(dtype=object)))
+            v = a[s.col("hll")]
+            if v.dtype.kind == "f":  # estimates already (merge_tiles(hll_estimates=True)); no sketch = 0
+                return np.rint(np.nan_to_num(v.to_numpy(dtype=np.float64), nan=0.0))
+            return np.rint(sketches.hll_estimates(v.to_numpy(dtype=object)))
         if k == "quantile":
             return sketches.kll_quantiles_many(a[s.col("kll")].to_numpy(dtype=object), [f.param])[:, 0]
         if k == "share":

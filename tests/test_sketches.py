@@ -71,6 +71,34 @@ def test_by_group_equals_per_group_sketches_and_rejects_foreign_bytes():
         sketches.hll_estimates([b"\x02\x01\x07"])
 
 
+@settings(max_examples=40, deadline=None)
+@given(groups=st.integers(1, 12), sketches_per=st.integers(1, 5), top=st.sampled_from([5, 200, 5000]),
+       seed=st.integers(0, 2**31 - 1))
+def test_union_estimates_equal_estimates_of_the_merged_sketches(groups, sketches_per, top, seed):
+    """The fused union-and-estimate gives the estimates of the serialized unions exactly, in exact and
+    register mode (a union crossing HLL_EXACT_MAX included) and with absent sketches."""
+    rng = np.random.default_rng(seed)
+    n = groups * sketches_per
+    rows = rng.integers(0, n, int(rng.integers(0, 600 * n)))
+    values = rng.integers(0, top, len(rows))
+    sk = sketches.hll_by_group(rows, values.astype(str), n)  # None where a row got no value
+    codes = rng.integers(0, groups, n)
+    merged = sketches.hll_merge_by_group(codes, sk, groups)
+    want = sketches.hll_estimates(merged)
+    got = sketches.hll_union_estimates(codes, sk, groups)
+    assert got.dtype == np.float64 and np.array_equal(got, want)
+
+
+def test_union_estimates_cover_register_mode():
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 8, 40_000)
+    sk = sketches.hll_by_group(rows, rng.integers(0, 50_000, len(rows)).astype(str), 8)
+    codes = np.array([0, 0, 0, 1, 1, 2, 3, 3])
+    want = sketches.hll_estimates(sketches.hll_merge_by_group(codes, sk, 4))
+    assert (want > sketches.HLL_EXACT_MAX).all()
+    assert np.array_equal(sketches.hll_union_estimates(codes, sk, 4), want)
+
+
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 20_000), pieces=st.integers(1, 30), seed=st.integers(0, 2**31 - 1))
 def test_kll_quantiles_within_bound_and_exact_below_k(n, pieces, seed):
