@@ -223,6 +223,22 @@ def test_a_shard_batching_its_entities_equals_one_batch(store, computed):
         pd.testing.assert_frame_equal(batched[d], one[d], rtol=1e-12)
 
 
+def test_categorical_event_columns_give_the_values_of_plain_strings(store, computed, monkeypatch):
+    """Reading event_type/device_type/referrer as dictionaries (categoricals in the EntitySet) changes no value."""
+    root = store.store_root
+    days = [shift_day(SUNDAY, -7), SUNDAY]
+    # discovery kept features filtering on event_type values: the categorical comparisons are exercised
+    assert any("WHERE event_type = purchase" in f for f in computed.manifest["features"])
+    fast, _ = dfs.compute_window(root, days, START, CFG, computed.manifest)
+    monkeypatch.setattr(dfs, "DICTIONARY_COLUMNS", ())
+    plain_events = dfs.read_events_many(root, days, START, CFG, None)
+    assert plain_events["event_type"].dtype == object
+    plain, _ = dfs.compute_window(root, days, START, CFG, computed.manifest)
+    assert sorted(fast) == sorted(plain) == days
+    for d in days:
+        pd.testing.assert_frame_equal(fast[d], plain[d], check_exact=True)
+
+
 def test_a_day_nobody_is_listed_on_gets_an_empty_partition_and_a_failed_read_names_its_file(store, computed, dask_client, tmp_path):
     root = tmp_path / "edge"
     shutil.copytree(store.store_root, root, ignore=shutil.ignore_patterns(dfs.ASSET))
