@@ -112,6 +112,9 @@ class MemoryScalingResult:
 
 
 def run(ctx) -> MemoryScalingResult:
+    """Benchmark 2: full backfills and the feature step alone at two lengths, per-day cost of 30-day vs 1-day windows."""
+    from featurecore.pipeline import features_range, internal_assets, plan_chunks, tile_day, tiles_asset
+
     sampler, data, log = ctx.sampler, ctx.data, ctx.log
     size = data.size
     n_short, n_long = size.scaling_days
@@ -120,7 +123,7 @@ def run(ctx) -> MemoryScalingResult:
     runs = []
     for n in (n_short, n_long):
         days = data.days[:n]
-        clear_assets(store, f"{GROUP.name}_tiles", GROUP.name, f"{GROUP.name}__state")
+        clear_assets(store, tiles_asset(GROUP), GROUP.name, *internal_assets(GROUP))
         client = ctx.cluster.fresh()
         log(f"  full backfill of {n} days ...")
         with timed(sampler) as t:
@@ -133,7 +136,6 @@ def run(ctx) -> MemoryScalingResult:
     # per-day cost: the 90-day run left bench_user's tiles; add the variants' (not timed),
     # then each group alone: features_range over the last days in one task. Its first day
     # also rebuilds the all-time state from the tiles (no stored state), so it is left out.
-    from featurecore.pipeline import features_range, state_asset, tile_day
 
     log("  per-day cost 30d vs 1d windows ...")
     days = data.days[:n_long]
@@ -141,7 +143,7 @@ def run(ctx) -> MemoryScalingResult:
     timed_days = days[-(size.per_day_days + 1):]
     per_day = {}
     for g in (GROUP_30D, GROUP_1D, GROUP):
-        clear_assets(store, g.name, state_asset(g))
+        clear_assets(store, g.name, *internal_assets(g))
         t0 = time.perf_counter()
         stats = client.submit(features_range, timed_days, g, store, days[0], pure=False).result()
         wall = time.perf_counter() - t0
@@ -151,14 +153,10 @@ def run(ctx) -> MemoryScalingResult:
             "median": float(np.median(secs)), "mean": float(np.mean(secs)), "days": len(secs), "wall": wall,
         }
     # (1b) the feature step alone over the last n_short vs all n_long days (same last day)
-    from featurecore.pipeline import plan_chunks, window_artefact
-
-    sliding = {w.n_days for w in GROUP.windows if not w.is_all_time and w.n_days > 1}
     feature_runs = []
     for n in (n_short, n_long):
         fdays = days[-n:]
-        clear_assets(store, GROUP.name, state_asset(GROUP), *(window_artefact(GROUP, w, k) for w in sliding
-                                                            for k in ("prefix", "suffix")))
+        clear_assets(store, GROUP.name, *internal_assets(GROUP))
         client = ctx.cluster.fresh()
         log(f"  features only, the last {n} days ...")
         with timed(sampler) as t:

@@ -132,6 +132,11 @@ def _sliding_sizes(group: FeatureGroup) -> list[int]:
     return sorted({w.n_days for w in group.windows if not w.is_all_time and w.n_days > 1})
 
 
+def internal_assets(group: FeatureGroup) -> list[str]:
+    """Store names of a group's internal artefacts: the carried state and the window prefix/suffix aggregates."""
+    return [state_asset(group)] + [window_artefact(group, n, kind) for n in _sliding_sizes(group) for kind in ("prefix", "suffix")]
+
+
 def invalidate_window_artefacts(store_root: str, group: FeatureGroup, day: str) -> None:
     """Delete the prefix/suffix aggregates that include the tile of `day` (it was rewritten)."""
     for n in _sliding_sizes(group):

@@ -187,9 +187,8 @@ def test_listing_many_days_at_once_equals_listing_each(store):
             expected.append(sorted(ids | (snapshot if cfg.entities == "all" else set())))
         assert dfs.list_entities_many(store.store_root, days, START, cfg) == expected
         assert [dfs.list_entities(store.store_root, d, START, cfg) for d in days] == expected
-        # a shard finds the same entities in the events it was given (one bucket = everything)
-        union = dfs._union_window(days, START, cfg)
-        events = dfs.events_from_pieces([dfs.read_buckets(store.store_root, union, cfg, max(cutoff(d) for d in days), 1).take([0])])
+        # a shard finds the same entities in the events the readers give it (here the readers' path in one piece)
+        events = dfs.read_events_many(store.store_root, days, START, cfg, None)
         got = dfs.entities_by_day(events, days, START, cfg, dfs.snapshot_entities(store.store_root, cfg))
         assert [got[d] for d in days] == expected
 
@@ -215,7 +214,7 @@ def test_a_shard_batching_its_entities_equals_one_batch(store, computed):
     """A shard over DFS_MAX_ROWS_PER_TASK rows computes its entities in batches: same values."""
     root = store.store_root
     days = [shift_day(SUNDAY, -7), SUNDAY]
-    events = dfs.events_from_pieces([dfs.read_buckets(root, dfs._union_window(days, START, CFG), CFG, cutoff(SUNDAY), 1).take([0])])
+    events = dfs.read_events_many(root, days, START, CFG, None)
     one, _ = dfs.compute_events(root, START, CFG, computed.manifest, days, events)
     batched, _ = dfs.compute_events(root, START, CFG, computed.manifest, days, events, max_rows=70)
     assert sorted(one) == sorted(batched) == days

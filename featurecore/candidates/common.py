@@ -267,8 +267,7 @@ def read_window_table(
     if before is not None:
         b = pads.field(time_col) < pa.scalar(before.to_pydatetime(), type=dset.schema.field(time_col).type)
         flt = b if flt is None else flt & b
-    as_dict = [c for c in dictionary if c in dset.schema.names
-               and (pa.types.is_string(dset.schema.field(c).type) or pa.types.is_large_string(dset.schema.field(c).type))]
+    as_dict = [c for c in dictionary if c in dset.schema.names and _is_text(dset.schema.field(c).type)]
     if as_dict:
         fmt = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(dictionary_columns=as_dict))
         try:
@@ -278,23 +277,19 @@ def read_window_table(
     return dset.to_table(columns=columns, filter=flt)
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 def as_string_dictionaries(tbl: pa.Table, columns: tuple[str, ...]) -> pa.Table:
     """`tbl` with each string-like column of `columns` as ``dictionary<int32, string>`` (other types
     untouched), so tables read from files that typed a column differently still concatenate."""
     want = pa.dictionary(pa.int32(), pa.string())
     for c in columns:
-        if c not in tbl.schema.names:
-            continue
-        t = tbl.schema.field(c).type
-        if t == want:
-            continue
-        col = tbl.column(c)
-        if pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)):
-            col = col.cast(pa.string())
-        elif not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
-            continue
-        col = pc.dictionary_encode(col.cast(pa.string()))
-        tbl = tbl.set_column(tbl.schema.get_field_index(c), c, col)
+        t = tbl.schema.field(c).type if c in tbl.schema.names else want
+        values = t.value_type if pa.types.is_dictionary(t) else t
+        if t != want and (_is_text(values) or pa.types.is_null(values)):
+            tbl = tbl.set_column(tbl.schema.get_field_index(c), c, pc.dictionary_encode(tbl.column(c).cast(pa.string())))
     return tbl
 
 
