@@ -16,6 +16,7 @@ from candidate_store import START, SUNDAY, build_store
 from featurecore.candidates import dfs, runner
 from featurecore.candidates.common import EmptyShardError, EntityConfigError
 from featurecore.candidates.costs import feature_families, read_costs
+from featurecore.candidates.primitives import agg_primitives
 from featurecore.ingest import read_snapshot
 from featurecore.store import partition_dir, read_partition, write_partition
 from featurecore.timeutil import cutoff, shift_day
@@ -42,14 +43,14 @@ def _reference(root: str, manifest: dict, include_cutoff_time: bool = False, eve
     ents = dfs.list_entities(root, SUNDAY, START, CFG)
     if events is None:
         events = dfs.read_events(root, SUNDAY, START, CFG, None)
-    es = dfs.build_entityset(events, read_snapshot(root, "users"), read_snapshot(root, "products"), manifest["schema"], ents)
-    ct = pd.DataFrame({"user_id": ents, "time": cutoff(SUNDAY).tz_localize(None)})
+    es, ids = dfs.build_entityset(events, read_snapshot(root, "users"), read_snapshot(root, "products"), manifest["schema"], ents)
+    ct = pd.DataFrame({"user_id": ids.get_indexer(ents), "time": cutoff(SUNDAY).tz_localize(None)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fm = ft.calculate_feature_matrix(feats, entityset=es, cutoff_time=ct, training_window="30 days",
                                          include_cutoff_time=include_cutoff_time, n_jobs=1)
     fm = dfs.apply_fill_rule(fm, feats)[manifest["features"]].astype("float64")
-    fm.index = fm.index.astype(object)
+    fm.index = ids[fm.index]  # the EntitySet's user keys are integer codes of these ids
     return fm.sort_index()
 
 
@@ -158,6 +159,8 @@ def test_clear_errors(store):
         dfs.compute(root, SUNDAY, START, CFG, manifest, [])
     with pytest.raises(ValueError, match="entities='some'"):
         dfs.DFSConfig(entities="some")
+    with pytest.raises(ValueError, match=r"\['product_id'\] are keys"):
+        dfs.DFSConfig(interesting_columns=("event_type", "product_id"))
 
 
 def test_an_entity_without_events_gets_zero_counts(store, computed):
@@ -409,27 +412,102 @@ def test_vector_percent_true_equals_featuretools_percent_true(seed, null_share):
 
 
 @settings(max_examples=80, deadline=None)
-@given(rows=st.lists(st.tuples(st.sampled_from(["u1", "u2", "u10", "a", "a|b"]), st.sampled_from(["s1", "s2", None, 7, "c", "b|c", "_event_0"]),
+@given(rows=st.lists(st.tuples(st.integers(-1, 3), st.sampled_from(["s1", "s2", None, 7, "7", "c", "_event_0"]),
                                st.integers(0, 4 * 86400 - 1)), max_size=60))
 def test_session_keys_are_entity_session_and_utc_day(rows):
-    """Each event's session is (entity, session id or its own event, UTC day), spelled
-    ``entity|session|day`` (disambiguated where two such triples spell the same string); the sessions
-    table has one row per session with its entity and first event time (brute force per event)."""
+    """Each event's session is (entity code, session id as a string or the event itself, UTC day):
+    two events share a key exactly when those triples are equal (brute force per pair); the
+    sessions table has one row per key with its entity code and first event time."""
     ev = pd.DataFrame({"_event": np.arange(len(rows), dtype="int64"),
-                       "user_id": pd.Series([r[0] for r in rows], dtype=object),
+                       "user_id": np.array([r[0] for r in rows], dtype=np.int64),
                        "ts": pd.Series(pd.Timestamp("2026-03-01") + pd.to_timedelta([r[2] for r in rows], unit="s"),
                                        dtype="datetime64[ns]"),
                        "session_id": pd.Series([r[1] for r in rows], dtype=object)})
-    names, sessions = dfs._session_keys(ev, "user_id")
+    keys, sessions = dfs._session_keys(ev, "user_id")
+    assert keys.dtype == np.int64 and sessions["session_id"].dtype == np.int64
     day = [(pd.Timestamp("2026-03-01") + pd.Timedelta(seconds=t)).toordinal() - 719163 for _, _, t in rows]
+    # 7 and "7" are one session id: Woodwork made string keys of both
     triple = [(u, ("s", str(s)) if s is not None else ("own", i), day[i]) for i, (u, s, _) in enumerate(rows)]
-    spelled = [f"{u}|{s[1] if s[0] == 's' else f'_event_{s[1]}'}|{d}" for u, s, d in triple]
     for i in range(len(rows)):
         for j in range(len(rows)):
-            assert (names[i] == names[j]) == (triple[i] == triple[j])
-        if len({triple[j] for j in range(len(rows)) if spelled[j] == spelled[i]}) == 1:
-            assert names[i] == spelled[i]
-    assert sessions["session_id"].is_unique and set(sessions["session_id"]) == set(names)
-    for name, row in sessions.set_index("session_id").iterrows():
-        mine = [i for i in range(len(rows)) if names[i] == name]
+            assert (keys[i] == keys[j]) == (triple[i] == triple[j])
+    assert sorted(sessions["session_id"]) == sorted(set(keys.tolist())) == list(range(len(sessions)))
+    for key, row in sessions.set_index("session_id").iterrows():
+        mine = [i for i in range(len(rows)) if keys[i] == key]
         assert row["user_id"] == rows[mine[0]][0] and row["session_start"] == ev["ts"].iloc[mine].min()
+
+
+def _string_keyed_entityset(events: pd.DataFrame, users: pd.DataFrame, products: pd.DataFrame, schema: dict, entities: list):
+    """The textbook EntitySet: id strings as keys, a session key spelled per event in Python."""
+    ev = events.reset_index(drop=True).copy()
+    ev["_event"] = np.arange(len(ev), dtype="int64")
+    ev["ts"] = pd.to_datetime(ev["ts"], utc=True).dt.tz_localize(None)
+    for c in ("event_type", "device_type", "referrer"):
+        ev[c] = ev[c].astype(object)
+    day = ev["ts"].dt.floor("D").astype(str)
+    ev["session_id"] = [f"{u}|{s if s is not None and s == s else f'_event_{i}'}|{d}"
+                        for i, (u, s, d) in enumerate(zip(ev["user_id"].astype(str), ev["session_id"], day))]
+    ev["product_id"] = [None if p is None or p != p else str(p) for p in ev["product_id"]]
+    sessions = ev.groupby("session_id", sort=False).agg(user_id=("user_id", "first"), session_start=("ts", "min")).reset_index()
+    sessions["user_id"] = sessions["user_id"].astype(str)
+    ev = ev[["_event", "ts", *schema["events"]]].sort_values(["ts", "_event"], kind="stable")
+    es = ft.EntitySet("candidates")
+    es.add_dataframe(dataframe_name="events", dataframe=ev, index="_event", time_index="ts",
+                     logical_types={**schema["events"], "session_id": "Unknown", "product_id": "Unknown"})
+    u = pd.DataFrame({"user_id": sorted(map(str, entities))}).merge(
+        users.assign(user_id=users["user_id"].astype(str))[["user_id", *schema["users"]]], on="user_id", how="left")
+    es.add_dataframe(dataframe_name="users", dataframe=u, index="user_id", logical_types={"user_id": "Unknown", **schema["users"]})
+    es.add_dataframe(dataframe_name="sessions", dataframe=sessions, index="session_id", time_index="session_start",
+                     logical_types={"session_id": "Unknown", "user_id": "Unknown"})
+    p = pd.DataFrame({"product_id": sorted(ev["product_id"].dropna().unique())}).merge(
+        products.assign(product_id=products["product_id"].astype(str))[["product_id", *schema["products"]]], on="product_id", how="left")
+    es.add_dataframe(dataframe_name="products", dataframe=p, index="product_id",
+                     logical_types={"product_id": "Unknown", **schema["products"]})
+    es.add_relationship("users", "user_id", "sessions", "user_id")
+    es.add_relationship("sessions", "session_id", "events", "session_id")
+    es.add_relationship("products", "product_id", "events", "product_id")
+    return es
+
+
+def test_integer_keyed_entityset_gives_the_values_of_string_keys(store, computed):
+    """The EntitySet's integer keys (users, sessions, products) change no value: every saved feature
+    at three cutoffs equals a textbook EntitySet keyed by id strings, with null session and product
+    ids, a product id spelled as a string and as a number, and events of users not asked for."""
+    root = store.store_root
+    days = [shift_day(SUNDAY, -7), shift_day(SUNDAY, -3), SUNDAY]
+    manifest = computed.manifest
+    assert manifest["schema"]["sessions"] and manifest["schema"]["products"] is not None
+    events = dfs.read_events_many(root, days, START, CFG, None)
+    events["session_id"] = events["session_id"].astype(object).where(np.arange(len(events)) % 13 != 0, None)
+    pid = events["product_id"].astype(object).where(np.arange(len(events)) % 17 != 0, None)
+    # an unknown product spelled as a string on some events and as a number on others: one product
+    pid[np.arange(len(events)) % 23 == 1] = "999"
+    pid[np.arange(len(events)) % 23 == 2] = 999
+    events["product_id"] = pid
+    listed = dfs.entities_by_day(events, days, START, CFG)
+    asked = {d: e[3:] for d, e in listed.items()}  # the first few users' events are in, their rows are not asked for
+    union = sorted(set().union(*asked.values()))
+    feats = dfs.load_definitions(root, manifest)
+    users, products = read_snapshot(root, "users"), read_snapshot(root, "products")
+    es, ids = dfs.build_entityset(events, users, products, manifest["schema"], union)
+    got = dfs.feature_matrix_many(es, ids, feats, asked, CFG)
+    ref_es = _string_keyed_entityset(events, users, products, manifest["schema"], union)
+    ref_es.add_interesting_values(dataframe_name="events", values=manifest["interesting_values"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the same definitions as DFS makes them on string keys (saved ones carry their EntitySet's key types)
+        every = ft.dfs(entityset=ref_es, target_dataframe_name="users", agg_primitives=agg_primitives(CFG.agg_primitives),
+                       trans_primitives=list(CFG.trans_primitives), where_primitives=list(CFG.where_primitives),
+                       max_depth=CFG.max_depth, features_only=True)
+    by_name = {f.get_name(): f for f in every}
+    ref_feats = [by_name[n] for n in manifest["features"]]
+    for d in days:
+        ct = pd.DataFrame({"user_id": sorted(asked[d]), "time": cutoff(d).tz_localize(None)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = ft.calculate_feature_matrix(ref_feats, entityset=ref_es, cutoff_time=ct, training_window="30 days",
+                                              include_cutoff_time=False, n_jobs=1)
+        ref = dfs.apply_fill_rule(ref, ref_feats).reindex(ct["user_id"])
+        assert list(got[d].index) == list(ref.index) and len(ref) > 50
+        pd.testing.assert_frame_equal(got[d][manifest["features"]].astype("float64"), ref[manifest["features"]].astype("float64"),
+                                      check_exact=True, check_names=False)

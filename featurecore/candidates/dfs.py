@@ -95,13 +95,19 @@ class DFSConfig:
             raise ValueError(f"DFSConfig.entities={self.entities!r}: expected 'all' or 'active'")
         if self.training_window_days is not None and self.training_window_days < 1:
             raise ValueError("DFSConfig.training_window_days must be >= 1 or None (all history)")
+        keys = {self.entity, "session_id", "product_id"} & set(self.interesting_columns)
+        if keys:
+            # the EntitySet holds keys as integer codes, so there are no id values to filter on
+            raise ValueError(f"DFSConfig.interesting_columns={self.interesting_columns!r}: {sorted(keys)} are keys, "
+                             "not attributes with interesting values")
 
     def version(self) -> str:
         """Version of the feature definitions: a hash of this config and the Featuretools version."""
         import featuretools as ft
 
-        # dfs-2: session-days; dfs-3: percent_true is primitives.VectorPercentTrue (same values)
-        return config_hash(self, ft.__version__, "dfs-3")
+        # dfs-2: session-days; dfs-3: percent_true is primitives.VectorPercentTrue (same values);
+        # dfs-4: integer keys in the EntitySet (same features and values)
+        return config_hash(self, ft.__version__, "dfs-4")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -359,10 +365,10 @@ def infer_schema(events: pd.DataFrame, users: pd.DataFrame | None, products: pd.
 
 def build_entityset(events: pd.DataFrame, users: pd.DataFrame | None, products: pd.DataFrame | None,
                     schema: dict, entities: list):
-    """The EntitySet of one shard with exactly the schema's columns (so saved definitions apply)."""
+    """The EntitySet of one shard with exactly the schema's columns (so saved definitions apply), and
+    the entity ids its users' integer keys stand for (key ``i`` is ``ids[i]``)."""
     with warnings.catch_warnings():
-        # string keys are typed Unknown by Woodwork and Featuretools aligns child keys to them (a warning each time)
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # woodwork/pandas FutureWarnings
         return _build_entityset(events, users, products, schema, entities)
 
 
@@ -371,14 +377,23 @@ def _build_entityset(events, users, products, schema, entities):
 
     key = schema["entity"]
     ev_types = schema["events"]
+    # Every key (users, sessions, products) is an integer code, not the id string: Featuretools
+    # groups and joins on its keys over and over, and factorizing strings was a fifth of its time.
+    # Integer keys make no features (DFS skips numeric foreign keys) and never reach the output:
+    # `ids` maps user keys back, sessions and products are intermediate.
+    ids = pd.Index(sorted(set(map(str, entities))), dtype=object)
     ev = pd.DataFrame({"_event": np.arange(len(events), dtype="int64")})
     sessions = None
-    ev[key] = events[key].astype(str).to_numpy() if len(events) else pd.Series(dtype=object)
+    # an event of an entity not listed gets key -1: it reaches no user, as an unmatched string did
+    codes, uniq = _string_codes(events[key]) if len(events) else (np.zeros(0, np.int64), pd.Index([]))
+    ev[key] = np.where(codes >= 0, ids.get_indexer(uniq)[codes], -1) if len(uniq) else np.full(len(codes), -1, np.int64)
     # Featuretools compares naive times; everything in the store is UTC.
     ev["ts"] = pd.to_datetime(events["ts"], utc=True).dt.tz_localize(None).to_numpy() if len(events) else pd.Series(dtype="datetime64[ns]")
     for c, t in ev_types.items():
         col = events[c] if c in events.columns else pd.Series(np.nan, index=events.index)
-        if t == "Double":
+        if c in ("session_id", "product_id"):
+            ev[c] = col.to_numpy(dtype=object)  # keys: coded below
+        elif t == "Double":
             ev[c] = col.astype("float64").to_numpy()
         elif t == "Categorical" and isinstance(col.dtype, pd.CategoricalDtype):
             # what Woodwork makes of the strings (sorted categories, only those present), without the strings
@@ -392,6 +407,10 @@ def _build_entityset(events, users, products, schema, entities):
         # too, so no session straddles a window start or cutoff (both midnights) and one
         # EntitySet serves any set of cutoffs with the values of one built per cutoff.
         ev["session_id"], sessions = _session_keys(ev, key)
+    pids = None
+    if schema["products"] is not None:
+        # a null product id is key -1: no product row matches it, as no row matched a null
+        ev["product_id"], pids = _string_codes(ev["product_id"], sort=True)
     ev = ev.sort_values(["ts", "_event"], kind="stable").reset_index(drop=True)
 
     es = ft.EntitySet("candidates")
@@ -400,31 +419,31 @@ def _build_entityset(events, users, products, schema, entities):
         # only aggregates along the long path and never stacks per-session aggregates.
         ev = ev.drop(columns=[key])
     # Every column's logical type is given: Woodwork's inference is most of a small shard's fixed cost.
-    # Keys are "Unknown" (plain identifiers), the type Woodwork gives a string index anyway.
-    fk = {"_event": "Integer", "ts": "Datetime", **({} if schema["sessions"] else {key: "Unknown"})}
+    fk = {"_event": "Integer", "ts": "Datetime", **({} if schema["sessions"] else {key: "Integer"})}
     if schema["sessions"]:
-        fk["session_id"] = "Unknown"
+        fk["session_id"] = "Integer"
     if schema["products"] is not None:
-        fk["product_id"] = "Unknown"
+        fk["product_id"] = "Integer"
     # already sorted above by (ts, _event): Woodwork would sort again by the same unique keys
     es.add_dataframe(dataframe_name="events", dataframe=ev, index="_event", time_index="ts",
                      logical_types={**ev_types, **fk}, already_sorted=True)
 
-    u = pd.DataFrame({key: pd.Series(sorted(set(map(str, entities))), dtype=object)})
+    u = pd.DataFrame({key: ids})
     utypes = schema["users"]
     if users is not None and utypes:
         attrs = users[[key, *[c for c in utypes if c in users.columns]]].copy()
         attrs[key] = attrs[key].astype(str)
         u = u.merge(attrs.drop_duplicates(key), on=key, how="left")
+    u[key] = np.arange(len(ids), dtype=np.int64)
     for c, t in utypes.items():
         if c not in u.columns:
             u[c] = np.nan
         if t == "Double":
             u[c] = u[c].astype("float64")
-    es.add_dataframe(dataframe_name="users", dataframe=u, index=key, logical_types={key: "Unknown", **utypes})
+    es.add_dataframe(dataframe_name="users", dataframe=u, index=key, logical_types={key: "Integer", **utypes})
     if sessions is not None:
         es.add_dataframe(dataframe_name="sessions", dataframe=sessions, index="session_id", time_index="session_start",
-                         logical_types={"session_id": "Unknown", key: "Unknown", "session_start": "Datetime"})
+                         logical_types={"session_id": "Integer", key: "Integer", "session_start": "Datetime"})
         es.add_relationship("users", key, "sessions", key)
         es.add_relationship("sessions", "session_id", "events", "session_id")
     else:
@@ -432,74 +451,71 @@ def _build_entityset(events, users, products, schema, entities):
 
     ptypes = schema["products"]
     if ptypes is not None:
-        # unique() first: Woodwork made the column a pandas string array, which iterates one boxed item at a time
-        pids = sorted(ev["product_id"].dropna().unique().tolist())
-        p = pd.DataFrame({"product_id": pd.Series(pids, dtype=object)})
+        p = pd.DataFrame({"product_id": pids})
         if products is not None:
             cols = ["product_id", *[c for c in ptypes if c in products.columns]]
             p = p.merge(products[cols].assign(product_id=products["product_id"].astype(str)).drop_duplicates("product_id"),
                         on="product_id", how="left")
+        p["product_id"] = np.arange(len(pids), dtype=np.int64)
         for c, t in ptypes.items():
             if c not in p.columns:
                 p[c] = np.nan
             if t == "Double":
                 p[c] = p[c].astype("float64")
-        es.add_dataframe(dataframe_name="products", dataframe=p, index="product_id", logical_types={"product_id": "Unknown", **ptypes})
+        es.add_dataframe(dataframe_name="products", dataframe=p, index="product_id", logical_types={"product_id": "Integer", **ptypes})
         es.add_relationship("products", "product_id", "events", "product_id")
 
-    return es
+    return es, ids
 
 
 def _session_keys(ev: pd.DataFrame, key: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """Each event's session key ``"<entity>|<session id or _event_<n>>|<UTC day number>"`` and the
-    sessions table (key, entity, first event time).
-
-    The key is found as integer codes first and spelled out once per session, not once per event:
-    building and grouping a string per event was most of a large shard's EntitySet time.
-    """
+    """Each event's session key (an integer code of (entity, session id or the event itself, UTC
+    day)) and the sessions table (key, entity, first event time)."""
     n = len(ev)
-    e_codes, e_uniq = pd.factorize(ev[key].to_numpy(dtype=object))
-    s_codes, s_uniq = pd.factorize(ev["session_id"].to_numpy(dtype=object))  # -1: no session id
-    labels = pd.Series(s_uniq, dtype=object).astype(str).to_numpy(dtype=object)
-    missing = np.flatnonzero(s_codes < 0)
-    if len(missing):  # an event without a session id is a session of its own
-        s_codes = s_codes.copy()
-        s_codes[missing] = len(labels) + np.arange(len(missing))
-        own = ("_event_" + pd.Series(ev["_event"].to_numpy()[missing]).astype(str)).to_numpy(dtype=object)
-        labels = np.concatenate([labels, own])
+    e_codes = ev[key].to_numpy(dtype=np.int64)
+    s_codes, s_uniq = _string_codes(ev["session_id"])  # -1: no session id
+    n_labels = len(s_uniq) + n  # an event without a session id is a session of its own: label len(s_uniq) + event
+    s_codes = np.where(s_codes < 0, len(s_uniq) + np.arange(n), s_codes)
     day = ev["ts"].to_numpy().astype("datetime64[D]").astype(np.int64)
     d_codes, d_uniq = pd.factorize(day)
     # (entity, session) then (that, day): codes stay below n**2, far from int64 overflow
-    a_codes, a_uniq = pd.factorize(e_codes.astype(np.int64) * len(labels) + s_codes)
+    a_codes, a_uniq = pd.factorize((e_codes + 1) * n_labels + s_codes)
     codes, b_uniq = pd.factorize(a_codes.astype(np.int64) * len(d_uniq) + d_codes)
-    a = a_uniq[b_uniq // len(d_uniq)]
-    ent = e_uniq[a // len(labels)].astype(object)
-    names = (pd.Series(ent, dtype=object) + "|" + pd.Series(labels[a % len(labels)], dtype=object) + "|"
-             + pd.Series(d_uniq[b_uniq % len(d_uniq)]).astype(str)).to_numpy(dtype=object)
-    while len(names) and not pd.Index(names).is_unique:
-        # an id containing "|" (or a session id "_event_<n>") can spell another session's key: keep them apart
-        nth = pd.Series(names).groupby(names).cumcount().to_numpy()
-        names = np.where(nth > 0, names + "#" + nth.astype(str).astype(object), names)
+    ent = a_uniq[b_uniq // len(d_uniq)] // n_labels - 1
     start = pd.Series(ev["ts"].to_numpy()).groupby(codes, sort=False).min()
-    sessions = pd.DataFrame({"session_id": names, key: ent, "session_start": start.reindex(range(len(names))).to_numpy()})
-    return names[codes] if n else np.zeros(0, dtype=object), sessions
+    sessions = pd.DataFrame({"session_id": np.arange(len(b_uniq), dtype=np.int64), key: ent.astype(np.int64),
+                             "session_start": start.reindex(range(len(b_uniq))).to_numpy()})
+    return codes.astype(np.int64), sessions
 
 
-def _cutoff_frame(entities: list, day: str, key: str) -> pd.DataFrame:
-    return pd.DataFrame({key: sorted(set(map(str, entities))), "time": cutoff_of(day).tz_localize(None)})
+def _string_codes(values, sort: bool = False) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes of the values as strings (what Woodwork made of string keys: 7 and "7" are one
+    key), -1 for nulls, and the strings coded; the strings are built once per distinct value."""
+    codes, uniq = pd.factorize(np.asarray(values, dtype=object))
+    if not len(uniq):
+        return codes.astype(np.int64), pd.Index([], dtype=object)
+    names, spelled = pd.factorize(pd.Index(uniq, dtype=object).astype(str), sort=sort)
+    return np.where(codes >= 0, names[codes], -1).astype(np.int64), pd.Index(spelled, dtype=object)
 
 
-def feature_matrix(es, features: list, entities: list, day: str, cfg: DFSConfig) -> pd.DataFrame:
+def feature_matrix(es, ids: pd.Index, features: list, entities: list, day: str, cfg: DFSConfig) -> pd.DataFrame:
     """`calculate_feature_matrix` at the cutoff of `day` (include_cutoff_time=False), fill rule applied."""
-    return feature_matrix_many(es, features, {day: entities}, cfg)[day]
+    return feature_matrix_many(es, ids, features, {day: entities}, cfg)[day]
 
 
-def feature_matrix_many(es, features: list, entities_by_day: dict[str, list], cfg: DFSConfig) -> dict[str, pd.DataFrame]:
-    """One `calculate_feature_matrix` for every (entity, day cutoff) pair; one frame per day, fill rule applied."""
+def feature_matrix_many(es, ids: pd.Index, features: list, entities_by_day: dict[str, list], cfg: DFSConfig) -> dict[str, pd.DataFrame]:
+    """One `calculate_feature_matrix` for every (entity, day cutoff) pair of an EntitySet whose user
+    keys stand for `ids`; one frame per day indexed by entity id, fill rule applied."""
     import featuretools as ft
 
     key = cfg.entity
-    cts = {d: _cutoff_frame(ents, d, key) for d, ents in entities_by_day.items()}
+    wanted = {d: pd.Index(sorted(set(map(str, ents))), dtype=object, name=key) for d, ents in entities_by_day.items()}
+    cts = {}
+    for d, names in wanted.items():
+        codes = ids.get_indexer(names)
+        if (codes < 0).any():
+            raise ValueError(f"{ASSET} {d}: entities not in the EntitySet: {names[codes < 0][:5].tolist()}")
+        cts[d] = pd.DataFrame({key: codes, "time": cutoff_of(d).tz_localize(None)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # woodwork/pandas FutureWarnings, "last_time_index is not set"
         fm = ft.calculate_feature_matrix(
@@ -512,7 +528,9 @@ def feature_matrix_many(es, features: list, entities_by_day: dict[str, list], cf
     out = {}
     for d, ct in cts.items():
         part = fm[times == ct["time"].iloc[0]] if len(ct) else fm.iloc[:0]
-        out[d] = part.droplevel("time").reindex(ct[key])
+        part = part.droplevel("time").reindex(ct[key])
+        part.index = wanted[d]
+        out[d] = part
     return out
 
 
@@ -552,7 +570,7 @@ def discover(store_root: str, day: str, start: str, cfg: DFSConfig, entities: li
     events = read_events(store_root, day, start, cfg, sample)
     users, products = _dimension(store_root, "users"), _dimension(store_root, "products")
     schema = infer_schema(events, users, products, cfg)
-    es = build_entityset(events, users, products, schema, sample)
+    es, ids = build_entityset(events, users, products, schema, sample)
     interesting = {}
     for c in cfg.interesting_columns:
         if c in schema["events"] and len(events):
@@ -567,7 +585,7 @@ def discover(store_root: str, day: str, start: str, cfg: DFSConfig, entities: li
     generated = len(feats)
     feats = [f for f in feats if _numeric(f)]
     numeric = len(feats)
-    fm = feature_matrix(es, feats, sample, day, cfg)
+    fm = feature_matrix(es, ids, feats, sample, day, cfg)
     pruned = {}
     if cfg.prune_on_sample and len(fm):
         n = len(feats)
@@ -653,8 +671,8 @@ def compute_many(store_root: str, start: str, cfg: DFSConfig, manifest: dict, en
     days = sorted(entities_by_day, key=to_day)
     if events is None:
         events = read_events_many(store_root, days, start, cfg, union)
-    es = build_entityset(events, _dimension(store_root, "users"), _dimension(store_root, "products"), manifest["schema"], union)
-    fms = feature_matrix_many(es, feats, entities_by_day, cfg)
+    es, ids = build_entityset(events, _dimension(store_root, "users"), _dimension(store_root, "products"), manifest["schema"], union)
+    fms = feature_matrix_many(es, ids, feats, entities_by_day, cfg)
     seconds = {FAMILY: time.perf_counter() - t0}
     model = None
     if "pca" in manifest:
