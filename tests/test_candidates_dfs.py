@@ -472,7 +472,8 @@ def _string_keyed_entityset(events: pd.DataFrame, users: pd.DataFrame, products:
 def test_integer_keyed_entityset_gives_the_values_of_string_keys(store, computed):
     """The EntitySet's integer keys (users, sessions, products) change no value: every saved feature
     at three cutoffs equals a textbook EntitySet keyed by id strings, with null session and product
-    ids, a product id spelled as a string and as a number, and events of users not asked for."""
+    ids, a product id spelled as a string and as a number, events of users not asked for, and events
+    not in time order."""
     root = store.store_root
     days = [shift_day(SUNDAY, -7), shift_day(SUNDAY, -3), SUNDAY]
     manifest = computed.manifest
@@ -484,6 +485,7 @@ def test_integer_keyed_entityset_gives_the_values_of_string_keys(store, computed
     pid[np.arange(len(events)) % 23 == 1] = "999"
     pid[np.arange(len(events)) % 23 == 2] = 999
     events["product_id"] = pid
+    events = events.sample(frac=1, random_state=7).reset_index(drop=True)  # not in time order: the build sorts
     listed = dfs.entities_by_day(events, days, START, CFG)
     asked = {d: e[3:] for d, e in listed.items()}  # the first few users' events are in, their rows are not asked for
     union = sorted(set().union(*asked.values()))

@@ -283,7 +283,7 @@ def entities_by_day(events: pd.DataFrame, days: list[str], start: str, cfg: DFSC
         ids = set(extra)
         if win and len(ts):
             m = (codes >= 0) & (ts >= day_start(win[0]).value) & (ts < cutoff_of(d).value)
-            ids |= set(uniq[np.unique(codes[m])].tolist())
+            ids |= set(uniq[np.flatnonzero(np.bincount(codes[m], minlength=len(uniq)))].tolist())
         out[d] = sorted(ids)
     return out
 
@@ -411,7 +411,10 @@ def _build_entityset(events, users, products, schema, entities):
     if schema["products"] is not None:
         # a null product id is key -1: no product row matches it, as no row matched a null
         ev["product_id"], pids = _string_codes(ev["product_id"], sort=True)
-    ev = ev.sort_values(["ts", "_event"], kind="stable").reset_index(drop=True)
+    ts = ev["ts"].to_numpy()
+    if len(ts) > 1 and not (ts[1:] >= ts[:-1]).all():  # readers give files in day order, usually sorted already
+        # by (ts, _event): a stable sort by time keeps the events' own order among equal times
+        ev = ev.take(np.argsort(ts, kind="stable")).reset_index(drop=True)
 
     es = ft.EntitySet("candidates")
     if schema["sessions"]:
