@@ -46,10 +46,11 @@ from featurecore.timeutil import shift_day
 
 from .common import fmt_ratio, fmt_seconds, fresh_work_store, table, timed
 
+ALL = 10**12  # every user active at the last cutoff: a partition computes all its entities, not a sample
 SCALES = {
     "tiny": {"dfs": (50, 150), "tsfresh": (24, 48)},
-    "small": {"dfs": (300, 700, 2000), "tsfresh": (100, 200, 400)},
-    "large": {"dfs": (2000, 5000, 10000), "tsfresh": (250, 500, 1000)},
+    "small": {"dfs": (300, 700, ALL), "tsfresh": (100, 200, 400)},
+    "large": {"dfs": (2000, 10000, ALL), "tsfresh": (250, 500, 1000)},
 }
 TARGET = 1.8
 DFS_CUTOFFS = 4
@@ -219,7 +220,7 @@ def run(ctx) -> CandidatesResult:
         same = all(_equal(_read_all(single_store, dfs.ASSET, d, "user_id"), _read_all(store, dfs.ASSET, d, "user_id")) for d in days)
         rows = sum(x["entities"] for x in rep.days)
         res.points.append(Point("DFS", rows, one, cl, rep.days[-1]["shards"], same, one_cpu, rep.max_worker_cpu,
-                                label=f"{n:,} x {len(days)} cutoffs", runs=runs))
+                                label=f"{n:,}{' (all)' if n == len(order) else ''} x {len(days)} cutoffs", runs=runs))
         ctx.log(f"    N={n} x {len(days)} cutoffs: 1 process {one:.1f}s, cluster {cl:.1f}s")
 
     top = res.top("DFS")

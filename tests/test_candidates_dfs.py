@@ -159,8 +159,18 @@ def test_clear_errors(store):
         dfs.compute(root, SUNDAY, START, CFG, manifest, [])
     with pytest.raises(ValueError, match="entities='some'"):
         dfs.DFSConfig(entities="some")
-    with pytest.raises(ValueError, match=r"\['product_id'\] are keys"):
-        dfs.DFSConfig(interesting_columns=("event_type", "product_id"))
+    with pytest.raises(ValueError, match=r"interesting_columns \['product_id'\] are identifiers"):
+        dfs.discover(root, SUNDAY, START, replace(CFG, interesting_columns=("event_type", "product_id")))
+
+
+def test_primitives_that_take_any_column_make_no_feature_of_an_identifier(store):
+    """FIRST/LAST accept any column: on the EntitySet's integer keys they would return shard-local
+    codes, so discovery keeps none of those (and keeps the ones on real attributes)."""
+    cfg = replace(CFG, agg_primitives=("count", "first", "last", "mean"), where_primitives=(), pca_components=0, max_depth=2)
+    m = dfs.discover(store.store_root, SUNDAY, START, cfg)
+    assert any(f.startswith(("FIRST(", "LAST(")) for f in m["features"])
+    ids = ("_event)", "session_id)", "product_id)", "user_id)")
+    assert not [f for f in m["features"] if any(i in f for i in ids)]
 
 
 def test_an_entity_without_events_gets_zero_counts(store, computed):
@@ -472,8 +482,9 @@ def _string_keyed_entityset(events: pd.DataFrame, users: pd.DataFrame, products:
 def test_integer_keyed_entityset_gives_the_values_of_string_keys(store, computed):
     """The EntitySet's integer keys (users, sessions, products) change no value: every saved feature
     at three cutoffs equals a textbook EntitySet keyed by id strings, with null session and product
-    ids, a product id spelled as a string and as a number, events of users not asked for, and events
-    not in time order."""
+    ids, a product id spelled as a string and as a number, events of users not asked for, events not
+    in time order, and sessions of one user starting at the same instant (Woodwork breaks those ties
+    by key, and the order of a float sum changes its last bits). DFS makes the same features of both."""
     root = store.store_root
     days = [shift_day(SUNDAY, -7), shift_day(SUNDAY, -3), SUNDAY]
     manifest = computed.manifest
@@ -485,10 +496,12 @@ def test_integer_keyed_entityset_gives_the_values_of_string_keys(store, computed
     pid[np.arange(len(events)) % 23 == 1] = "999"
     pid[np.arange(len(events)) % 23 == 2] = 999
     events["product_id"] = pid
+    events["ts"] = events["ts"].dt.floor("h")  # ties of session start
     events = events.sample(frac=1, random_state=7).reset_index(drop=True)  # not in time order: the build sorts
     listed = dfs.entities_by_day(events, days, START, CFG)
     asked = {d: e[3:] for d, e in listed.items()}  # the first few users' events are in, their rows are not asked for
     union = sorted(set().union(*asked.values()))
+    assert (~events["user_id"].isin(union)).any()
     feats = dfs.load_definitions(root, manifest)
     users, products = read_snapshot(root, "users"), read_snapshot(root, "products")
     es, ids = dfs.build_entityset(events, users, products, manifest["schema"], union)
@@ -501,6 +514,15 @@ def test_integer_keyed_entityset_gives_the_values_of_string_keys(store, computed
         every = ft.dfs(entityset=ref_es, target_dataframe_name="users", agg_primitives=agg_primitives(CFG.agg_primitives),
                        trans_primitives=list(CFG.trans_primitives), where_primitives=list(CFG.where_primitives),
                        max_depth=CFG.max_depth, features_only=True)
+    ties = ref_es["sessions"].duplicated(["user_id", "session_start"], keep=False)
+    assert ties.sum() > 20 and ref_es["sessions"][ties]["session_id"].str.contains("_event_").any()
+    es.add_interesting_values(dataframe_name="events", values=manifest["interesting_values"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = ft.dfs(entityset=es, target_dataframe_name="users", agg_primitives=agg_primitives(CFG.agg_primitives),
+                      trans_primitives=list(CFG.trans_primitives), where_primitives=list(CFG.where_primitives),
+                      max_depth=CFG.max_depth, features_only=True)
+    assert [f.get_name() for f in ours] == [f.get_name() for f in every]
     by_name = {f.get_name(): f for f in every}
     ref_feats = [by_name[n] for n in manifest["features"]]
     for d in days:

@@ -95,11 +95,6 @@ class DFSConfig:
             raise ValueError(f"DFSConfig.entities={self.entities!r}: expected 'all' or 'active'")
         if self.training_window_days is not None and self.training_window_days < 1:
             raise ValueError("DFSConfig.training_window_days must be >= 1 or None (all history)")
-        keys = {self.entity, "session_id", "product_id"} & set(self.interesting_columns)
-        if keys:
-            # the EntitySet holds keys as integer codes, so there are no id values to filter on
-            raise ValueError(f"DFSConfig.interesting_columns={self.interesting_columns!r}: {sorted(keys)} are keys, "
-                             "not attributes with interesting values")
 
     def version(self) -> str:
         """Version of the feature definitions: a hash of this config and the Featuretools version."""
@@ -472,8 +467,13 @@ def _build_entityset(events, users, products, schema, entities):
 
 
 def _session_keys(ev: pd.DataFrame, key: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """Each event's session key (an integer code of (entity, session id or the event itself, UTC
-    day)) and the sessions table (key, entity, first event time)."""
+    """Each event's session key, an integer code of (entity code, session id or the event itself,
+    UTC day), and the sessions table (key, entity, first event time).
+
+    Woodwork orders sessions by (start, key), and Featuretools aggregates them in that order, so
+    the codes of an entity's sessions starting at the same instant follow their spelled keys
+    ``"<entity>|<session id or _event_<n>>|<day>"``: the order string keys gave, the same bits.
+    """
     n = len(ev)
     e_codes = ev[key].to_numpy(dtype=np.int64)
     s_codes, s_uniq = _string_codes(ev["session_id"])  # -1: no session id
@@ -481,23 +481,42 @@ def _session_keys(ev: pd.DataFrame, key: str) -> tuple[np.ndarray, pd.DataFrame]
     s_codes = np.where(s_codes < 0, len(s_uniq) + np.arange(n), s_codes)
     day = ev["ts"].to_numpy().astype("datetime64[D]").astype(np.int64)
     d_codes, d_uniq = pd.factorize(day)
-    # (entity, session) then (that, day): codes stay below n**2, far from int64 overflow
+    # (entity, session) then (that, day): codes below (entities + 1) * (sessions ids + events), far from overflow
     a_codes, a_uniq = pd.factorize((e_codes + 1) * n_labels + s_codes)
     codes, b_uniq = pd.factorize(a_codes.astype(np.int64) * len(d_uniq) + d_codes)
-    ent = a_uniq[b_uniq // len(d_uniq)] // n_labels - 1
-    start = pd.Series(ev["ts"].to_numpy()).groupby(codes, sort=False).min()
-    sessions = pd.DataFrame({"session_id": np.arange(len(b_uniq), dtype=np.int64), key: ent.astype(np.int64),
-                             "session_start": start.reindex(range(len(b_uniq))).to_numpy()})
+    pair = a_uniq[b_uniq // len(d_uniq)]
+    ent = pair // n_labels - 1
+    start = pd.Series(ev["ts"].to_numpy()).groupby(codes, sort=False).min().reindex(range(len(b_uniq))).to_numpy()
+    sessions = pd.DataFrame({"session_id": np.arange(len(b_uniq), dtype=np.int64), key: ent.astype(np.int64), "session_start": start})
+    tied = sessions.duplicated([key, "session_start"], keep=False).to_numpy()
+    if tied.any():
+        label = pair[tied] % n_labels
+        own = label >= len(s_uniq)
+        spelled = np.empty(len(label), dtype=object)
+        spelled[~own] = s_uniq.to_numpy(dtype=object)[label[~own]]
+        spelled[own] = "_event_" + ev["_event"].to_numpy()[label[own] - len(s_uniq)].astype(str).astype(object)
+        t = sessions[tied].assign(spelled=spelled + "|")
+        by_key = t.sort_values([key, "session_start", "spelled"], kind="stable")["session_id"].to_numpy()
+        slots = t.sort_values([key, "session_start", "session_id"], kind="stable")["session_id"].to_numpy()
+        remap = np.arange(len(sessions), dtype=np.int64)
+        remap[by_key] = slots  # within each tie, the codes in spelled-key order
+        codes = remap[codes]
+        sessions["session_id"] = remap[sessions["session_id"].to_numpy()]
     return codes.astype(np.int64), sessions
 
 
 def _string_codes(values, sort: bool = False) -> tuple[np.ndarray, pd.Index]:
     """Integer codes of the values as strings (what Woodwork made of string keys: 7 and "7" are one
-    key), -1 for nulls, and the strings coded; the strings are built once per distinct value."""
-    codes, uniq = pd.factorize(np.asarray(values, dtype=object))
+    key, 7.0 another), -1 for nulls, and the strings coded; strings are built once per distinct
+    value when the values are strings already."""
+    arr = np.asarray(values, dtype=object)
+    codes, uniq = pd.factorize(arr)
     if not len(uniq):
         return codes.astype(np.int64), pd.Index([], dtype=object)
-    names, spelled = pd.factorize(pd.Index(uniq, dtype=object).astype(str), sort=sort)
+    if not all(isinstance(u, str) for u in uniq):
+        # factorize takes 7, 7.0 and True for one value: spell every value first, as Woodwork did
+        codes, uniq = pd.factorize(pd.Series(arr, dtype=object).astype("string").to_numpy(dtype=object, na_value=None))
+    names, spelled = pd.factorize(pd.Index(uniq, dtype=object), sort=sort)
     return np.where(codes >= 0, names[codes], -1).astype(np.int64), pd.Index(spelled, dtype=object)
 
 
@@ -552,6 +571,32 @@ def apply_fill_rule(fm: pd.DataFrame, features: list) -> pd.DataFrame:
 # --------------------------------------------------------------------------- discovery
 
 
+def _key_columns(schema: dict) -> dict[str, set[str]]:
+    """The identifier columns of each EntitySet dataframe (integer codes: no feature may use their values)."""
+    key = schema["entity"]
+    keys = {"events": {"_event"}, "users": {key}}
+    keys["events"] |= {"session_id"} if schema["sessions"] else {key}
+    if schema["sessions"]:
+        keys["sessions"] = {"session_id", key}
+    if schema["products"] is not None:
+        keys["events"].add("product_id")
+        keys["products"] = {"product_id"}
+    return keys
+
+
+def _on_keys(f, keys: dict[str, set[str]]) -> bool:
+    """Whether a feature feeds an identifier to a primitive (COUNT's own use of the index aside): with
+    primitives that take any column (first, last, ...) it would return shard-local key codes."""
+    import featuretools as ft
+
+    if isinstance(f, ft.IdentityFeature):
+        return f.column_name in keys.get(f.dataframe_name, ())
+    bases = [] if isinstance(f, ft.AggregationFeature) and type(f.primitive).__name__ == "Count" else list(f.base_features)
+    if getattr(f, "where", None) is not None:
+        bases.append(f.where)
+    return any(_on_keys(b, keys) for b in bases)
+
+
 def _numeric(f) -> bool:
     schema = f.column_schema
     return bool("numeric" in schema.semantic_tags or schema.is_boolean) and f.number_output_features == 1
@@ -573,6 +618,11 @@ def discover(store_root: str, day: str, start: str, cfg: DFSConfig, entities: li
     events = read_events(store_root, day, start, cfg, sample)
     users, products = _dimension(store_root, "users"), _dimension(store_root, "products")
     schema = infer_schema(events, users, products, cfg)
+    keys = _key_columns(schema)
+    named = sorted(set(cfg.interesting_columns) & set().union(*keys.values()))
+    if named:
+        # the EntitySet holds identifiers as integer codes: there are no id values to filter on
+        raise ValueError(f"{ASSET}: interesting_columns {named} are identifiers, not attributes with interesting values")
     es, ids = build_entityset(events, users, products, schema, sample)
     interesting = {}
     for c in cfg.interesting_columns:
@@ -586,7 +636,7 @@ def discover(store_root: str, day: str, start: str, cfg: DFSConfig, entities: li
                        trans_primitives=list(cfg.trans_primitives), where_primitives=list(cfg.where_primitives),
                        max_depth=cfg.max_depth, features_only=True)
     generated = len(feats)
-    feats = [f for f in feats if _numeric(f)]
+    feats = [f for f in feats if _numeric(f) and not _on_keys(f, keys)]
     numeric = len(feats)
     fm = feature_matrix(es, ids, feats, sample, day, cfg)
     pruned = {}
