@@ -506,23 +506,22 @@ def test_integer_keyed_entityset_gives_the_values_of_string_keys(store, computed
     users, products = read_snapshot(root, "users"), read_snapshot(root, "products")
     es, ids = dfs.build_entityset(events, users, products, manifest["schema"], union)
     got = dfs.feature_matrix_many(es, ids, feats, asked, CFG)
+
+    def definitions(entityset) -> list:
+        """Every feature DFS makes on `entityset` with the test's configuration."""
+        entityset.add_interesting_values(dataframe_name="events", values=manifest["interesting_values"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ft.dfs(entityset=entityset, target_dataframe_name="users", agg_primitives=agg_primitives(CFG.agg_primitives),
+                          trans_primitives=list(CFG.trans_primitives), where_primitives=list(CFG.where_primitives),
+                          max_depth=CFG.max_depth, features_only=True)
+
     ref_es = _string_keyed_entityset(events, users, products, manifest["schema"], union)
-    ref_es.add_interesting_values(dataframe_name="events", values=manifest["interesting_values"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # the same definitions as DFS makes them on string keys (saved ones carry their EntitySet's key types)
-        every = ft.dfs(entityset=ref_es, target_dataframe_name="users", agg_primitives=agg_primitives(CFG.agg_primitives),
-                       trans_primitives=list(CFG.trans_primitives), where_primitives=list(CFG.where_primitives),
-                       max_depth=CFG.max_depth, features_only=True)
+    # the same definitions as DFS makes them on string keys (saved ones carry their EntitySet's key types)
+    every = definitions(ref_es)
     ties = ref_es["sessions"].duplicated(["user_id", "session_start"], keep=False)
     assert ties.sum() > 20 and ref_es["sessions"][ties]["session_id"].str.contains("_event_").any()
-    es.add_interesting_values(dataframe_name="events", values=manifest["interesting_values"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours = ft.dfs(entityset=es, target_dataframe_name="users", agg_primitives=agg_primitives(CFG.agg_primitives),
-                      trans_primitives=list(CFG.trans_primitives), where_primitives=list(CFG.where_primitives),
-                      max_depth=CFG.max_depth, features_only=True)
-    assert [f.get_name() for f in ours] == [f.get_name() for f in every]
+    assert [f.get_name() for f in definitions(es)] == [f.get_name() for f in every]
     by_name = {f.get_name(): f for f in every}
     ref_feats = [by_name[n] for n in manifest["features"]]
     for d in days:
