@@ -1,6 +1,10 @@
 """DFS candidates: sharded Dask == one ft.calculate_feature_matrix, no leakage, clear errors."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from dataclasses import replace
 
@@ -161,6 +165,20 @@ def test_clear_errors(store):
         dfs.DFSConfig(entities="some")
     with pytest.raises(ValueError, match=r"interesting_columns \['product_id'\] are identifiers"):
         dfs.discover(root, SUNDAY, START, replace(CFG, interesting_columns=("event_type", "product_id")))
+
+
+def test_discovery_gives_the_same_definitions_in_every_process(store, computed, tmp_path):
+    """Featuretools orders features through hash-seeded sets; discovery does not depend on it."""
+    got = []
+    for seed in ("1", "2"):
+        root = tmp_path / seed
+        shutil.copytree(store.store_root, root, ignore=shutil.ignore_patterns("_artifacts", dfs.ASSET))
+        code = ("import json, sys; from featurecore.candidates import dfs; from test_candidates_dfs import CFG, START, SUNDAY; "
+                "print(json.dumps(dfs.discover(sys.argv[1], SUNDAY, START, CFG)['features']))")
+        out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(__file__), env={**os.environ, "PYTHONHASHSEED": seed})
+        got.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert got[0] == got[1] == computed.manifest["features"]
 
 
 def test_primitives_that_take_any_column_make_no_feature_of_an_identifier(store):

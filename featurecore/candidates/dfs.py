@@ -101,7 +101,7 @@ class DFSConfig:
         import featuretools as ft
 
         # dfs-2: session-days; dfs-3: percent_true is primitives.VectorPercentTrue (same values);
-        # dfs-4: integer keys in the EntitySet (same features and values)
+        # dfs-4: integer keys in the EntitySet (same values), features in (depth, name) order
         return config_hash(self, ft.__version__, "dfs-4")
 
 
@@ -636,7 +636,10 @@ def discover(store_root: str, day: str, start: str, cfg: DFSConfig, entities: li
                        trans_primitives=list(cfg.trans_primitives), where_primitives=list(cfg.where_primitives),
                        max_depth=cfg.max_depth, features_only=True)
     generated = len(feats)
-    feats = [f for f in feats if _numeric(f) and not _on_keys(f, keys)]
+    # ft.dfs orders features through sets of them (hash-seeded per process), and the pruning
+    # below keeps the first of a correlated pair: order them by (depth, name) so the same data
+    # and config give the same definitions in every process, the simpler of a pair kept
+    feats = sorted((f for f in feats if _numeric(f) and not _on_keys(f, keys)), key=lambda f: (f.get_depth(), f.get_name()))
     numeric = len(feats)
     fm = feature_matrix(es, ids, feats, sample, day, cfg)
     pruned = {}
