@@ -513,7 +513,7 @@ def _string_codes(values, sort: bool = False) -> tuple[np.ndarray, pd.Index]:
     codes, uniq = pd.factorize(arr)
     if not len(uniq):
         return codes.astype(np.int64), pd.Index([], dtype=object)
-    if not all(isinstance(u, str) for u in uniq):
+    if pd.api.types.infer_dtype(uniq, skipna=False) != "string":
         # factorize takes 7, 7.0 and True for one value: spell every value first, as Woodwork did
         codes, uniq = pd.factorize(pd.Series(arr, dtype=object).astype("string").to_numpy(dtype=object, na_value=None))
     names, spelled = pd.factorize(pd.Index(uniq, dtype=object), sort=sort)
