@@ -129,7 +129,7 @@ def _hll_union(g: np.ndarray, items: np.ndarray, is_reg: np.ndarray, n_groups: i
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The union per group of uint64 items (coupons where ``is_reg`` is False, register entries where
     True): (group is in register mode, sorted ``group << 32 | coupon`` keys of the exact-mode groups,
-    sorted ``group << 32 | register entry`` keys of the register-mode groups, max rho per register)."""
+    sorted ``group << 32 | register entry`` keys of the register-mode groups, one per register with its max rho)."""
     g = g.astype(np.uint64)
     reg_group = np.bincount(g[is_reg].astype(np.int64), minlength=n_groups) > 0
     keys = _sorted_unique((g[~is_reg] << np.uint64(32)) | items[~is_reg])  # distinct (entity, coupon)

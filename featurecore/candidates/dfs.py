@@ -516,8 +516,11 @@ def _string_codes(values, sort: bool = False) -> tuple[np.ndarray, pd.Index]:
     if pd.api.types.infer_dtype(uniq, skipna=False) != "string":
         # factorize takes 7, 7.0 and True for one value: spell every value first, as Woodwork did
         codes, uniq = pd.factorize(pd.Series(arr, dtype=object).astype("string").to_numpy(dtype=object, na_value=None))
-    names, spelled = pd.factorize(pd.Index(uniq, dtype=object), sort=sort)
-    return np.where(codes >= 0, names[codes], -1).astype(np.int64), pd.Index(spelled, dtype=object)
+    codes, uniq = codes.astype(np.int64), pd.Index(uniq, dtype=object)  # distinct strings already
+    if not sort:
+        return codes, uniq
+    rank, spelled = pd.factorize(uniq, sort=True)
+    return np.where(codes >= 0, rank[codes], -1).astype(np.int64), pd.Index(spelled, dtype=object)
 
 
 def feature_matrix(es, ids: pd.Index, features: list, entities: list, day: str, cfg: DFSConfig) -> pd.DataFrame:
