@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 from dataclasses import replace
 
 import featuretools as ft
@@ -224,14 +225,15 @@ def test_listing_many_days_at_once_equals_listing_each(store):
         assert [got[d] for d in days] == expected
 
 
-def test_readers_split_events_by_entity_bucket_the_same_in_every_process(store, dask_client):
+def test_readers_split_events_by_entity_bucket_the_same_in_every_process(store, dask_client, tmp_path):
     """Every event lands in exactly one bucket, its entity's, whichever reader (day range) read it:
     a shard of buckets holds all of its entities' events."""
     root = store.store_root
     days = dfs._union_window([SUNDAY], START, CFG)
     before = cutoff(SUNDAY)
     whole = dfs.read_buckets(root, days, CFG, before, 1).take([0]).to_pandas()
-    halves = [dfs.read_buckets(root, part, CFG, before, 5) for part in (days[:10], days[10:])]
+    halves = [dfs.read_buckets(root, part, CFG, before, 5, shuffle_to=str(tmp_path / f"r{i}.arrow"))
+              for i, part in enumerate((days[:10], days[10:]))]
     parts = [h.take([b]).to_pandas().assign(bucket=b) for h in halves for b in range(5)]
     split = pd.concat(parts, ignore_index=True)
     assert len(split) == len(whole) == sum(int(h.stats()[0].sum()) for h in halves)
@@ -242,7 +244,8 @@ def test_readers_split_events_by_entity_bucket_the_same_in_every_process(store, 
 
 
 def test_a_shard_batching_its_entities_equals_one_batch(store, computed):
-    """A shard over DFS_MAX_ROWS_PER_TASK rows computes its entities in batches: same values."""
+    """Over ``dfs.BATCH_ROWS`` (entity, day) rows, a shard or one process computes its entities in batches
+    (one EntitySet each, events split by entity code): the same values, bit for bit."""
     root = store.store_root
     days = [shift_day(SUNDAY, -7), SUNDAY]
     events = dfs.read_events_many(root, days, START, CFG, None)
@@ -250,7 +253,7 @@ def test_a_shard_batching_its_entities_equals_one_batch(store, computed):
     batched, _ = dfs.compute_events(root, START, CFG, computed.manifest, days, events, max_rows=70)
     assert sorted(one) == sorted(batched) == days
     for d in days:
-        pd.testing.assert_frame_equal(batched[d], one[d], rtol=1e-12)
+        pd.testing.assert_frame_equal(batched[d], one[d], check_exact=True)
 
 
 def test_categorical_event_columns_give_the_values_of_plain_strings(store, computed, monkeypatch):
@@ -291,6 +294,8 @@ def test_a_day_nobody_is_listed_on_gets_an_empty_partition_and_a_failed_read_nam
     first.write_bytes(b"not parquet either")
     rep = runner.run_dfs(dask_client, root, [early, SUNDAY], START, replace(cfg, training_window_days=3), days_per_task=1)
     assert [d["day"] for d in rep.days] == [early] and len(rep.errors) == 1 and str(first) in rep.errors[0], rep.errors
+    # every run (two groups here, one failing) leaves no shuffle file behind
+    assert not list((Path(root) / dfs.ASSET).glob(".shuffle-*"))
 
 
 def test_a_backfill_shard_computing_several_cutoffs_equals_one_day_at_a_time(store, computed, dask_client, tmp_path):
@@ -322,6 +327,7 @@ def test_a_backfill_shard_computing_several_cutoffs_equals_one_day_at_a_time(sto
     rep = runner.run_dfs(dask_client, root, days, START, cfg, min_shard_entities=20, days_per_task=4)
     rep.raise_errors()
     assert [d["day"] for d in rep.days] == sorted(days) and all(d["shards"] == 2 for d in rep.days)
+    assert not list((Path(root) / dfs.ASSET).glob(".shuffle-*"))
     manifest = rep.manifest
     for d in days:
         ents = dfs.list_entities(root, d, START, cfg)
@@ -339,8 +345,8 @@ def test_listing_copes_with_events_without_an_entity(tmp_path):
     write_partition(ev, str(tmp_path), "raw_events", day)
     assert dfs.list_entities(str(tmp_path), day, START, CFG) == []
     # and the bucketed read a shard gets drops them too (an event without an entity is no one's)
-    b = dfs.read_buckets(str(tmp_path), [day], CFG, cutoff(day), 4)
-    assert b.table is None and b.stats()[0].sum() == 0
+    b = dfs.read_buckets(str(tmp_path), [day], CFG, cutoff(day), 4, shuffle_to=str(tmp_path / "r.arrow"))
+    assert b.path is None and b.take([0, 1, 2, 3]) is None and b.stats()[0].sum() == 0
 
 
 def test_backfill_day_groups_are_even_and_keep_every_worker_busy():
@@ -387,7 +393,8 @@ def test_string_columns_read_as_dictionaries_whatever_each_day_file_stored(tmp_p
     assert one.column("event_type").to_pylist() == want
     # readers whose files differ in type (one falls back to the plain read): their pieces concatenate in a shard
     ranges = (["2026-09-02", "2026-09-03"], ["2026-09-01", "2026-09-04"])
-    pieces = [dfs.read_buckets(root, d, cfg, before, 4).take([0, 1, 2, 3]) for d in ranges]
+    pieces = [dfs.read_buckets(root, d, cfg, before, 4, shuffle_to=str(tmp_path / f"r{i}.arrow")).take([0, 1, 2, 3])
+              for i, d in enumerate(ranges)]
     ev = dfs.events_from_pieces(pieces)
     assert isinstance(ev["event_type"].dtype, pd.CategoricalDtype)
     assert sorted(ev["event_type"].dropna().tolist()) == sorted(["view", "cart_add", "view", "view", "view", "purchase", "1", "2"])

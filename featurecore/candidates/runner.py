@@ -11,6 +11,7 @@ the end with their shard's message, after the good days are committed.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,9 @@ DFS_DAYS_PER_TASK = 8
 # A DFS shard's cost per (entity, cutoff) row, in events of the row's window: shards are balanced
 # by events + this per row (Featuretools' work grows with both).
 DFS_ROW_COST_EVENTS = 10
-# At most this many (entity, cutoff) rows per DFS EntitySet: bounds a feature matrix (rows x
-# ~100-200 float features, plus copies) whatever the entity count and days per task; a shard
-# with more computes its entities in batches.
+# At most this many (entity, cutoff) rows per DFS shard task: bounds the feature rows a task
+# holds (rows x ~100-200 float features) whatever the entity count and days per task. Within
+# a task, entities are computed in batches of ``dfs.BATCH_ROWS``.
 DFS_MAX_ROWS_PER_TASK = 250_000
 # A DFS reader task decodes at most about this many stored events (whole days), and a shard
 # task holds at most about this many: memory per task stays bounded as the window grows.
@@ -239,25 +240,33 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
     staging = {d: staging_dir(store_root, dfs.ASSET, d, token) for d in days}
     futures: dict[str, list] = {d: [] for d in days}
 
-    def read(group: list[str]) -> list:
+    shuffle = Path(store_root) / dfs.ASSET / f".shuffle-{token}"
+
+    def read(k: int, group: list[str]) -> list:
         union = dfs._union_window(group, start, cfg)
         stored = window_rows(store_root, cfg.source, union)
         n_readers = max(1, min(len(union), max(workers, ceil_div(stored, DFS_MAX_EVENTS_PER_READER))))
         n_buckets = DFS_BUCKETS_PER_SHARD * max(workers * max(shards_per_worker, 1), ceil_div(stored, DFS_MAX_EVENTS_PER_TASK))
         before = max(dfs.cutoff_of(d) for d in group)
-        return [client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities, pure=False)
-                for part in _even_parts(union, n_readers)]
+        return [client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities,
+                              str(shuffle / f"group-{k:04d}" / f"reader-{i:04d}.arrow"), pure=False)
+                for i, part in enumerate(_even_parts(union, n_readers))]
 
-    # one group of readers ahead: the cluster decodes the next window while the client plans
-    # this one, and at most two groups' events are held at a time (windows of a backfill overlap)
-    ahead = read(groups[0]) if groups else []
-    for k, group in enumerate(groups):
-        readers, ahead = ahead, (read(groups[k + 1]) if k + 1 < len(groups) else [])
-        err = _submit_dfs_shards(client, readers, store_root, start, cfg, manifest, group, staging, futures, workers,
-                                 shards_per_worker, min_shard_entities, len(groups), only_entities)
-        if err:
-            failed.update({d: f"{d}: {err}" for d in group})
-        del readers  # the shards hold their pieces; the readers' events go once the pieces are taken
+    cleanups: list = []
+    try:
+        # one group of readers ahead: the cluster decodes the next window while the client plans
+        # this one, and at most two groups' shuffle files are on disk at a time (windows of a backfill overlap)
+        ahead = read(0, groups[0]) if groups else []
+        for k, group in enumerate(groups):
+            readers, ahead = ahead, (read(k + 1, groups[k + 1]) if k + 1 < len(groups) else [])
+            shards, err = _submit_dfs_shards(client, readers, store_root, start, cfg, manifest, group, staging, futures,
+                                             workers, shards_per_worker, min_shard_entities, len(groups), only_entities)
+            if err:
+                failed.update({d: f"{d}: {err}" for d in group})
+            # the group's files go once its shards are done (a failed shard leaves them to the end)
+            cleanups.append(client.submit(_remove_tree, str(shuffle / f"group-{k:04d}"), *shards, pure=False))
+    finally:
+        _finish_shuffle([f for fs in futures.values() for f in fs] + cleanups, shuffle)
 
     def empty(day: str) -> dict:
         return _empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity], features=features, families=fams)
@@ -271,13 +280,13 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
 
 def _submit_dfs_shards(client, readers: list, store_root: str, start: str, cfg: dfs.DFSConfig, manifest: dict,
                        group: list[str], staging: dict, futures: dict, workers: int, shards_per_worker: int,
-                       min_shard_entities: int, n_groups: int, only_entities: list | None) -> str | None:
+                       min_shard_entities: int, n_groups: int, only_entities: list | None) -> tuple[list, str | None]:
     """Plan one group's shards from its readers' bucket counts and submit them (appending to
-    `futures`); returns the readers' error message instead when one failed."""
+    `futures`); returns the shard futures, and the readers' error message when one failed."""
     try:
-        stats = client.gather([client.submit(dfs.bucket_stats, r, pure=False) for r in readers])
+        stats = [b.stats() for b in client.gather(readers)]  # small: the events stay in the shuffle files
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return [], f"{type(exc).__name__}: {exc}"
     events = sum(s[0] for s in stats)
     entities = sum(s[1] for s in stats)  # an entity seen by two readers counts twice: an upper bound
     n_buckets = len(events)
@@ -286,14 +295,28 @@ def _submit_dfs_shards(client, readers: list, store_root: str, start: str, cfg: 
     weight = events + DFS_ROW_COST_EVENTS * entities * len(group)
     # every bucket belongs to a shard, empty ones too (their snapshot users still get rows)
     shards = plan_weighted_shards({b: float(weight[b]) for b in range(n_buckets)}, min(n, n_buckets))
+    submitted = []
     for i, buckets in enumerate(shards):
-        pieces = [client.submit(dfs.take_buckets, r, buckets, pure=False) for r in readers]
-        fut = client.submit(dfs.shard_task, store_root, start, cfg, manifest, group, pieces, buckets, n_buckets,
-                            {d: str(staging[d]) for d in group}, i, len(shards), only_entities, DFS_MAX_ROWS_PER_TASK,
+        fut = client.submit(dfs.shard_task, store_root, start, cfg, manifest, group, readers, buckets, n_buckets,
+                            {d: str(staging[d]) for d in group}, i, len(shards), only_entities, dfs.BATCH_ROWS,
                             pure=False)
+        submitted.append(fut)
         for d in group:
             futures[d].append(fut)
-    return None
+    return submitted, None
+
+
+def _remove_tree(path: str, *_after) -> None:
+    """Dask task: delete a run's shuffle files (scheduled after the shards that read them)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _finish_shuffle(futures: list, shuffle: Path) -> None:
+    """Once every shard (and cleanup) of the run has ended, failed or not, no shuffle file is left behind."""
+    from distributed import wait
+
+    wait(futures)
+    _remove_tree(str(shuffle))
 
 
 def _even_parts(items: list, n: int) -> list[list]:
