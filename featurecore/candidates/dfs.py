@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib
 import json
 import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -246,9 +247,8 @@ def read_buckets(store_root: str, days: list[str], cfg: DFSConfig, before: pd.Ti
 
 
 def write_ipc(tbl: pa.Table, path: Path) -> None:
-    """`tbl` as an uncompressed Arrow IPC file at `path`, written whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """`tbl` as an uncompressed Arrow IPC file at `path` (its folder must exist), written whole or not at all."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")  # two attempts of one reader never share a file
     tbl = tbl.unify_dictionaries()  # an IPC file holds one dictionary per column (day files each had their own)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, tbl.schema) as writer:
         writer.write_table(tbl)

@@ -11,6 +11,7 @@ the end with their shard's message, after the good days are committed.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ DFS_MAX_ROWS_PER_TASK = 250_000
 DFS_MAX_EVENTS_PER_READER = 5_000_000
 DFS_MAX_EVENTS_PER_TASK = 5_000_000
 # Entity buckets per planned shard: shards are whole buckets, so more buckets balance better
-# (heaviest first onto the lightest shard) at the price of more, smaller pieces to move.
+# (heaviest first onto the lightest shard) at the price of more, smaller buckets to plan.
 DFS_BUCKETS_PER_SHARD = 16
 # tsfresh's cost is per series (~35 ms each with EfficientFCParameters on 28 points) and a shard's fixed
 # cost (read, frame, a 1,500-column Parquet part) is ~0.25 s: 50 entities keep that near 5%.
@@ -213,6 +214,8 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
     precedes them and no event of a group is decoded twice. `only_entities` restricts every day to those
     entities (benchmarks, partial recomputes).
     """
+    from distributed import wait
+
     report = RunReport(dfs.ASSET)
     t0 = time.perf_counter()
     manifest = None if rediscover else dfs.load_manifest(store_root, cfg)
@@ -241,6 +244,8 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
     futures: dict[str, list] = {d: [] for d in days}
 
     shuffle = Path(store_root) / dfs.ASSET / f".shuffle-{token}"
+    _sweep_shuffles(Path(store_root) / dfs.ASSET)
+    submitted: list = []  # every future of the run: what an error cancels and the final cleanup waits for
 
     def read(k: int, group: list[str]) -> list:
         union = dfs._union_window(group, start, cfg)
@@ -248,32 +253,46 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
         n_readers = max(1, min(len(union), max(workers, ceil_div(stored, DFS_MAX_EVENTS_PER_READER))))
         n_buckets = DFS_BUCKETS_PER_SHARD * max(workers * max(shards_per_worker, 1), ceil_div(stored, DFS_MAX_EVENTS_PER_TASK))
         before = max(dfs.cutoff_of(d) for d in group)
-        return [client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities,
-                              str(shuffle / f"group-{k:04d}" / f"reader-{i:04d}.arrow"), pure=False)
+        # made here, never by a reader: a reader still running after its group was cleaned up then
+        # fails to write instead of leaving a file behind
+        folder = shuffle / f"group-{k:04d}"
+        folder.mkdir(parents=True)
+        futs = [client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities,
+                              str(folder / f"reader-{i:04d}.arrow"), pure=False)
                 for i, part in enumerate(_even_parts(union, n_readers))]
+        submitted.extend(futs)
+        return futs
 
-    cleanups: list = []
+    def empty(day: str) -> dict:
+        return _empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity], features=features, families=fams)
+
     try:
         # one group of readers ahead: the cluster decodes the next window while the client plans
-        # this one, and at most two groups' shuffle files are on disk at a time (windows of a backfill overlap)
+        # this one (windows of a backfill overlap); a group's files go once its shards are done
         ahead = read(0, groups[0]) if groups else []
         for k, group in enumerate(groups):
             readers, ahead = ahead, (read(k + 1, groups[k + 1]) if k + 1 < len(groups) else [])
             shards, err = _submit_dfs_shards(client, readers, store_root, start, cfg, manifest, group, staging, futures,
                                              workers, shards_per_worker, min_shard_entities, len(groups), only_entities)
+            submitted.extend(shards)
+            folder = str(shuffle / f"group-{k:04d}")
             if err:
                 failed.update({d: f"{d}: {err}" for d in group})
-            # the group's files go once its shards are done (a failed shard leaves them to the end)
-            cleanups.append(client.submit(_remove_tree, str(shuffle / f"group-{k:04d}"), *shards, pure=False))
+                wait(readers)  # a reader failed: the others may still be writing
+                _remove_tree(folder)
+            else:
+                submitted.append(client.submit(_remove_tree, folder, *shards, pure=False))
+        report.errors.extend(failed.values())
+        _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in days if d not in failed], fams, t0, report,
+                    per_day=True, empty=empty)
+    except BaseException:
+        client.cancel(submitted)  # an interrupted run computes nothing more
+        raise
     finally:
-        _finish_shuffle([f for fs in futures.values() for f in fs] + cleanups, shuffle)
-
-    def empty(day: str) -> dict:
-        return _empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity], features=features, families=fams)
-
-    report.errors.extend(failed.values())
-    _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in days if d not in failed], fams, t0, report,
-                per_day=True, empty=empty)
+        # readers and shards have ended (or been cancelled; a reader still running fails to write)
+        with contextlib.suppress(Exception):  # never hides the run's own error
+            wait(submitted, timeout=60)
+        _remove_tree(str(shuffle))
     report.errors.sort()  # day order, whichever step failed
     return report
 
@@ -307,16 +326,20 @@ def _submit_dfs_shards(client, readers: list, store_root: str, start: str, cfg: 
 
 
 def _remove_tree(path: str, *_after) -> None:
-    """Dask task: delete a run's shuffle files (scheduled after the shards that read them)."""
+    """Delete a run's shuffle files (as a Dask task: scheduled after the shards that read them)."""
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _finish_shuffle(futures: list, shuffle: Path) -> None:
-    """Once every shard (and cleanup) of the run has ended, failed or not, no shuffle file is left behind."""
-    from distributed import wait
-
-    wait(futures)
-    _remove_tree(str(shuffle))
+def _sweep_shuffles(asset_dir: Path, older_than_s: float = 24 * 3600) -> None:
+    """Remove shuffle folders a killed run left behind: none touched for a day (a live run makes
+    and removes a group folder at least once per group of shards)."""
+    now = time.time()
+    for old in asset_dir.glob(".shuffle-*"):
+        try:
+            if now - old.stat().st_mtime > older_than_s:
+                _remove_tree(str(old))
+        except FileNotFoundError:
+            pass
 
 
 def _even_parts(items: list, n: int) -> list[list]:
