@@ -19,7 +19,7 @@ _read = dfs.read_buckets
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = build_store(tmp_path_factory.mktemp("shuffle")).store_root
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         runner.run_dfs(client, root, [SUNDAY], START, CFG).raise_errors()  # discovery once
         yield client, root
