@@ -201,11 +201,7 @@ class EventBuckets:
             # a filter keeps the readers' time order, so a shard's EntitySet needs no sort by time
             keep = pc.is_in(tbl.column(_BUCKET_COL), value_set=pa.array(sorted(set(buckets)), pa.int32()))
             return tbl.filter(keep).drop_columns([_BUCKET_COL])
-        if self.table is None or self.counts[list(buckets)].sum() == 0:
-            return None
-        if len(set(buckets)) != len(self.counts):
-            raise ValueError("an in-memory reader holds one bucket")
-        return self.table
+        return self.table  # in memory: one bucket (read_buckets allows no other), None when empty
 
 
 def event_columns(store_root: str, cfg: DFSConfig, days: list[str]) -> list[str]:
@@ -228,7 +224,8 @@ def read_buckets(store_root: str, days: list[str], cfg: DFSConfig, before: pd.Ti
                             dictionary=DICTIONARY_COLUMNS) if cols else None
     if tbl is None:
         return empty
-    tbl = tbl.filter(pc.is_valid(tbl.column(cfg.entity)))  # an event without an entity belongs to no one
+    if tbl.column(cfg.entity).null_count:  # an event without an entity belongs to no one
+        tbl = tbl.filter(pc.is_valid(tbl.column(cfg.entity)))
     if tbl.num_rows == 0:
         return empty
     # one type whatever the files stored, so every reader's pieces concatenate in a shard
@@ -276,17 +273,25 @@ def snapshot_entities(store_root: str, cfg: DFSConfig, entities: list | None = N
     return sorted(ids if entities is None else ids & set(map(str, entities)))
 
 
-def entities_by_day(events: pd.DataFrame, days: list[str], start: str, cfg: DFSConfig, also: list | None = None) -> dict[str, list[str]]:
+def _entity_codes(events: pd.DataFrame, cfg: DFSConfig) -> tuple[np.ndarray, pd.Index]:
+    """Each event's entity code (-1 for a null id) and the ids coded, as strings."""
+    if not len(events) or cfg.entity not in events.columns:
+        return np.zeros(0, np.int64), pd.Index([], dtype=object)
+    codes, uniq = pd.factorize(events[cfg.entity], sort=False)
+    return codes, pd.Index(np.asarray(uniq.astype(str), dtype=object))
+
+
+def entities_by_day(events: pd.DataFrame, days: list[str], start: str, cfg: DFSConfig, also: list | None = None,
+                    coded: tuple[np.ndarray, pd.Index] | None = None) -> dict[str, list[str]]:
     """Each day's sorted entities: those with an event in its window before its cutoff, plus `also`
     (snapshot users) on every day; ``list_entities`` of the same data, from events already read."""
     extra = set(map(str, also or ()))
-    if len(events) and cfg.entity in events.columns:
+    codes, uniq = _entity_codes(events, cfg) if coded is None else coded
+    if len(codes):
         col = pd.to_datetime(events["ts"], utc=True)
         ts = col.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
-        codes, uniq = pd.factorize(events[cfg.entity], sort=False)  # a null id is code -1: listed nowhere
-        uniq = pd.Index(np.asarray(uniq.astype(str), dtype=object))
     else:
-        ts, codes, uniq = np.zeros(0, np.int64), np.zeros(0, np.int64), pd.Index([])
+        ts = np.zeros(0, np.int64)
     out = {}
     for d in days:
         win = _window(d, start, cfg)
@@ -310,7 +315,8 @@ def compute_events(store_root: str, start: str, cfg: DFSConfig, manifest: dict, 
                    also: list | None = None, max_rows: int | None = BATCH_ROWS) -> tuple[dict[str, pd.DataFrame], dict]:
     """Candidate rows of every entity in `events` (and `also`) for each of `days` it is listed on:
     one EntitySet per batch of about `max_rows` (entity, day) rows (equal entity counts, in id order)."""
-    listed = {d: e for d, e in entities_by_day(events, days, start, cfg, also).items() if e}
+    coded = _entity_codes(events, cfg)
+    listed = {d: e for d, e in entities_by_day(events, days, start, cfg, also, coded).items() if e}
     if not listed:
         return {}, {}
     union = sorted(set().union(*listed.values()))
@@ -319,17 +325,17 @@ def compute_events(store_root: str, start: str, cfg: DFSConfig, manifest: dict, 
     if n_batches == 1:
         return compute_many(store_root, start, cfg, manifest, listed, events)
     batch_of = {e: b for b, part in enumerate(np.array_split(np.array(union, dtype=object), n_batches)) for e in part}
-    # each event's batch through the codes of its entity: one pass, where a string isin per batch cost ~0.4 s at 5M events
-    if cfg.entity in events.columns and len(events):
-        codes, uniq = pd.factorize(events[cfg.entity], sort=False)
-        uniq_batch = np.array([batch_of.get(str(u), -1) for u in uniq] + [-1], dtype=np.int64)
-        ev_batch = uniq_batch[codes]  # a null id (code -1) takes the sentinel: in no batch
-    else:
-        ev_batch = np.full(len(events), -1, np.int64)
+    # each event's batch through the code of its entity: one pass, where a string isin per batch cost ~0.4 s at 5M events
+    codes, uniq = coded
+    uniq_batch = np.array([batch_of.get(u, -1) for u in uniq] + [-1], dtype=np.int64)
+    ev_batch = uniq_batch[codes]  # a null id (code -1) takes the sentinel: in no batch
+    subs: list[dict[str, list]] = [{d: [] for d in listed} for _ in range(n_batches)]
+    for d, ents in listed.items():
+        for e in ents:
+            subs[batch_of[e]][d].append(e)
     frames: dict[str, list] = {d: [] for d in listed}
     seconds: dict[str, float] = {}
-    for b in range(n_batches):
-        sub = {d: [e for e in ents if batch_of[e] == b] for d, ents in listed.items()}
+    for b, sub in enumerate(subs):
         # a take keeps the events' time order (the EntitySet build then needs no sort)
         got, sec = compute_many(store_root, start, cfg, manifest, sub, events.take(np.flatnonzero(ev_batch == b)))
         for d, f in got.items():
@@ -455,19 +461,9 @@ def _build_entityset(events, users, products, schema, entities):
     es.add_dataframe(dataframe_name="events", dataframe=ev, index="_event", time_index="ts",
                      logical_types={**ev_types, **fk}, already_sorted=True)
 
-    u = pd.DataFrame({key: ids})
     utypes = schema["users"]
-    if users is not None and utypes:
-        attrs = users[[key, *[c for c in utypes if c in users.columns]]].copy()
-        attrs[key] = attrs[key].astype(str)
-        u = u.merge(attrs.drop_duplicates(key), on=key, how="left")
-    u[key] = np.arange(len(ids), dtype=np.int64)
-    for c, t in utypes.items():
-        if c not in u.columns:
-            u[c] = np.nan
-        if t == "Double":
-            u[c] = u[c].astype("float64")
-    es.add_dataframe(dataframe_name="users", dataframe=u, index=key, logical_types={key: "Integer", **utypes})
+    es.add_dataframe(dataframe_name="users", dataframe=_dimension_rows(ids, users, key, utypes), index=key,
+                     logical_types={key: "Integer", **utypes})
     if sessions is not None:
         es.add_dataframe(dataframe_name="sessions", dataframe=sessions, index="session_id", time_index="session_start",
                          logical_types={"session_id": "Integer", key: "Integer", "session_start": "Datetime"})
@@ -478,21 +474,27 @@ def _build_entityset(events, users, products, schema, entities):
 
     ptypes = schema["products"]
     if ptypes is not None:
-        p = pd.DataFrame({"product_id": pids})
-        if products is not None:
-            cols = ["product_id", *[c for c in ptypes if c in products.columns]]
-            p = p.merge(products[cols].assign(product_id=products["product_id"].astype(str)).drop_duplicates("product_id"),
-                        on="product_id", how="left")
-        p["product_id"] = np.arange(len(pids), dtype=np.int64)
-        for c, t in ptypes.items():
-            if c not in p.columns:
-                p[c] = np.nan
-            if t == "Double":
-                p[c] = p[c].astype("float64")
-        es.add_dataframe(dataframe_name="products", dataframe=p, index="product_id", logical_types={"product_id": "Integer", **ptypes})
+        es.add_dataframe(dataframe_name="products", dataframe=_dimension_rows(pids, products, "product_id", ptypes),
+                         index="product_id", logical_types={"product_id": "Integer", **ptypes})
         es.add_relationship("products", "product_id", "events", "product_id")
 
     return es, ids
+
+
+def _dimension_rows(ids: pd.Index, table: pd.DataFrame | None, key: str, types: dict[str, str]) -> pd.DataFrame:
+    """A dimension's EntitySet rows: one per id of `ids`, keyed by its code (its position), with the
+    schema's attribute columns from the snapshot `table` (NaN where it has no row or column)."""
+    out = pd.DataFrame({key: ids})
+    if table is not None and types:
+        attrs = table[[key, *[c for c in types if c in table.columns]]].assign(**{key: table[key].astype(str)})
+        out = out.merge(attrs.drop_duplicates(key), on=key, how="left")
+    out[key] = np.arange(len(ids), dtype=np.int64)
+    for c, t in types.items():
+        if c not in out.columns:
+            out[c] = np.nan
+        if t == "Double":
+            out[c] = out[c].astype("float64")
+    return out
 
 
 def _session_keys(ev: pd.DataFrame, key: str) -> tuple[np.ndarray, pd.DataFrame]:
