@@ -5,11 +5,12 @@ plain DataFrames that Parquet, Dask and pickle move around freely.
 
 Distinct counts: HyperLogLog with ``2^12`` registers over 64-bit hashes (pandas'
 ``hash_array``: SipHash for strings, splitmix64 for numbers), a sparse exact mode for
-up to ``HLL_EXACT_MAX`` distinct values (the hashes themselves, like DataSketches'
-list/set mode), and Ertl's improved estimator (the one Redis uses) in register mode.
+up to ``HLL_EXACT_MAX`` distinct values (32-bit coupons of the hashes, 26 address bits and
+the register value, like DataSketches' list/set mode), and Ertl's improved estimator (the one Redis uses) in register mode.
 Relative standard error ``RSE = 1.04 / sqrt(2^12) ~= 1.625 %`` (``HLL_RSE``); ~95 % of
 estimates fall within 2 RSE (3.3 %) and ~99.7 % within 3 RSE. In exact mode the
-estimate is the true count (up to 64-bit hash collisions). Why not DataSketches' HLL:
+estimate is the number of distinct coupons: the true count unless two values share
+26 hash bits and a register value (~2^-27 per pair, ~2e-4 for 256 values). Why not DataSketches' HLL:
 its Python API builds, unions and estimates one sketch per call, which cost ~60 % of a
 day's feature time at 65k users; here building, union and estimation each run as a few
 numpy sorts over all entities at once, and a union is a set union / register max, so it
@@ -182,8 +183,9 @@ def _arrow(sketches: Sequence) -> pa.Array:
         raise ValueError(f"HLL sketches must be bytes or None: {e}") from None
 
 
-def _unpack(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row of each item, uint64 items, item is a register entry) of an Arrow column of sketches."""
+def _layout(arr: pa.Array) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """(uint32 words, items per row incl. the header, start word of each row, row is in register mode) of
+    an Arrow column of sketches, checked to be featurecore sketches; nothing is copied."""
     bufs = arr.buffers()
     offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1] if len(arr) \
         else np.zeros(1, dtype=np.int64)
@@ -195,18 +197,35 @@ def _unpack(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     starts = np.cumsum(n_items) - n_items
     nonempty = n_items > 0
     head = items[starts[nonempty]] if items is not None else None
-    if head is not None and not np.isin(head, (_EXACT, _REGISTERS)).all():
-        items = None
-    if items is None:
+    if head is None or not np.isin(head, (_EXACT, _REGISTERS)).all():
         raise ValueError("bytes that are not featurecore HLL sketches (tiles written by an older engine? "
                          "re-materialize the feature tiles)")
     reg_row = np.zeros(len(arr), dtype=bool)
     reg_row[nonempty] = head == _REGISTERS
+    return items, n_items, starts, reg_row
+
+
+def _unpack(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row of each item, uint64 items, item is a register entry) of an Arrow column of sketches."""
+    items, n_items, starts, reg_row = _layout(arr)
+    nonempty = n_items > 0
     rows = np.repeat(np.arange(len(arr), dtype=np.int64), n_items)
     keep = np.ones(len(items), dtype=bool)
     keep[starts[nonempty]] = False  # the headers
     rows = rows[keep]
     return rows, items[keep].astype(np.uint64), reg_row[rows]
+
+
+def _estimates_of(arr: pa.Array) -> np.ndarray:
+    """Estimate of each sketch of an Arrow column: an exact-mode sketch's is its coupon count, read off
+    its length; only register-mode sketches are unpacked (the same floats as ``_estimate`` of them all)."""
+    _, n_items, _, reg_row = _layout(arr)
+    est = np.maximum(n_items - 1, 0).astype(np.float64)
+    if reg_row.any():
+        regs = np.flatnonzero(reg_row)
+        rows, items, _ = _unpack(arr.take(pa.array(regs)))
+        est[regs] = _estimate(np.zeros(0, dtype=np.int64), rows, items, len(regs))
+    return est
 
 
 def hll_of(values: Iterable) -> bytes | None:
@@ -262,12 +281,19 @@ def hll_union_estimates(codes: np.ndarray, sketches: np.ndarray, n_groups: int) 
     codes = np.asarray(codes, dtype=np.int64)
     arr = _arrow(np.asarray(sketches, dtype=object))
     ok = arr.is_valid().to_numpy(zero_copy_only=False)
-    rows, items, is_reg = _unpack(arr.filter(pa.array(ok)))
-    if len(rows) == 0:
-        return np.zeros(n_groups, dtype=np.float64)
-    _, exact, regs = _hll_union(codes[ok][rows], items, is_reg, n_groups)
-    return _estimate((exact >> np.uint64(32)).astype(np.int64), (regs >> np.uint64(32)).astype(np.int64),
-                     regs, n_groups)
+    cnt = np.bincount(codes[ok], minlength=n_groups)
+    single = ok & (cnt[codes] == 1)  # a group's only sketch is its union: estimated as it is
+    multi = ok & ~single
+    rows, items, is_reg = _unpack(arr.filter(pa.array(multi)))
+    if len(rows):
+        _, exact, regs = _hll_union(codes[multi][rows], items, is_reg, n_groups)
+        est = _estimate((exact >> np.uint64(32)).astype(np.int64), (regs >> np.uint64(32)).astype(np.int64),
+                        regs, n_groups)
+    else:
+        est = np.zeros(n_groups, dtype=np.float64)
+    if single.any():
+        est[codes[single]] = _estimates_of(arr.filter(pa.array(single)))
+    return est
 
 
 def hll_estimate(sketch: bytes | None) -> float:
@@ -302,8 +328,7 @@ def hll_estimates(sketches: Sequence[bytes | None]) -> np.ndarray:
     sketches", 2017; also Redis' PFCOUNT) uses the histogram of register values and
     has no bias correction tables: RSE ~1.04/sqrt(m) over the whole range.
     """
-    rows, items, is_reg = _unpack(_arrow(sketches))
-    return _estimate(rows[~is_reg], rows[is_reg], items[is_reg], len(sketches))
+    return _estimates_of(_arrow(sketches))
 
 
 def _estimate(exact_rows: np.ndarray, reg_rows: np.ndarray, reg_items: np.ndarray, n: int) -> np.ndarray:

@@ -147,3 +147,22 @@ def test_kll_is_deterministic_and_by_group_matches_single_sketches():
     assert merged[0] == sketches.kll_merge([by_group[0], by_group[0]])
     with pytest.raises(ValueError, match="older engine"):
         sketches.kll_count(b"\x05\x01\x0f" + bytes(64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), top=st.sampled_from([5, 300, 50_000]), seed=st.integers(0, 2**31 - 1))
+def test_estimates_read_off_lengths_equal_the_unpacked_estimator(n, top, seed):
+    """Exact-mode estimates taken from the sketches' lengths (only register-mode sketches unpacked) equal
+    the estimator over every unpacked coupon and register, and the count of distinct coupons in exact mode."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n, int(rng.integers(0, 2_000 * n)))
+    values = rng.integers(0, top, len(rows)).astype(str)
+    sk = sketches.hll_by_group(rows, values, n)
+    r, items, is_reg = sketches._unpack(sketches._arrow(sk))
+    want = sketches._estimate(r[~is_reg], r[is_reg], items[is_reg], n)
+    got = sketches.hll_estimates(sk)
+    assert np.array_equal(got, want)
+    for i in range(n):  # exact mode counts distinct coupons (26 hash bits + rho, as DataSketches)
+        coupons = np.unique(sketches._coupons(sketches._hashes(np.unique(values[rows == i]))))
+        if len(coupons) <= sketches.HLL_EXACT_MAX:
+            assert got[i] == len(coupons)

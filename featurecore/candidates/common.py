@@ -141,10 +141,18 @@ def plan_weighted_shards(weights: dict, n_shards: int) -> list[list]:
     return [sorted(s) for s in shards if s]
 
 
-def staging_dir(store_root: str | os.PathLike, asset: str, day: str, token: str) -> Path:
-    """A hidden sibling folder of `date=D` where a run's shards write their parts."""
+def staging_dir(store_root: str | os.PathLike, asset: str, day: str, token: str, make: bool = False) -> Path:
+    """A hidden sibling folder of `date=D` where a run's shards write their parts (`make`: create it).
+
+    Only the client makes it, before it submits the day's tasks; a task never does, so a task
+    still running after its run was cancelled and cleaned up fails to write instead of leaving
+    a folder behind.
+    """
     target = partition_dir(store_root, asset, day)
-    return target.parent / f".staging-{target.name}-{token}"
+    path = target.parent / f".staging-{target.name}-{token}"
+    if make:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def new_token() -> str:
@@ -153,8 +161,10 @@ def new_token() -> str:
 
 
 def write_part(df: pd.DataFrame, folder: Path, index: int) -> dict:
-    """Write one shard's frame as `part-<index>.parquet` in `folder`; returns rows, bytes, per-column bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write one shard's frame as `part-<index>.parquet` in `folder` (a staging folder the client made);
+    returns rows, bytes, per-column bytes."""
+    if not folder.is_dir():
+        raise CandidateError(f"staging folder {folder} is gone: its run was cancelled or failed and cleaned it up")
     path = folder / f"part-{index:04d}.parquet"
     tmp = folder / f".{path.name}.{uuid.uuid4().hex[:6]}"
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp, compression="zstd")

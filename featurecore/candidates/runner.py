@@ -161,7 +161,7 @@ def _empty_day(store_root: str, asset: str, day: str, token: str, keys: list[str
     """A day with no entities: an empty partition with the full schema, and a note."""
     from .common import as_candidates
 
-    staging = staging_dir(store_root, asset, day, token)
+    staging = staging_dir(store_root, asset, day, token, make=True)
     frame = as_candidates(pd.DataFrame({f: pd.Series(dtype="float64") for f in features}), pd.DataFrame({k: pd.Series(dtype=object) for k in keys}), day)
     w = write_part(frame, staging, 0)
     commit_partition(store_root, asset, day, staging)
@@ -175,21 +175,57 @@ def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_
                  report: RunReport, only_entities: list | None = None) -> RunReport:
     t0 = time.perf_counter()
     token = new_token()
-    entity_lists = client.gather([client.submit(entities_of, d, pure=False) for d in days])
-    if only_entities is not None:
-        keep = set(only_entities)
-        entity_lists = [[e for e in ents if e in keep] for ents in entity_lists]
-    workers = n_workers(client)
-    pending = []
-    for day, ents in zip(days, entity_lists):
-        if not ents:
-            report.days.append(_empty_day(store_root, asset, day, token, keys, features, families))
-            continue
-        shards = plan_shards(ents, shard_count(len(ents), workers, shards_per_worker, min_shard_entities, days_in_run=len(days)))
-        staging = staging_dir(store_root, asset, day, token)
-        futs = [submit_shard(day, shard, str(staging), i, len(shards)) for i, shard in enumerate(shards)]
-        pending.append((day, staging, futs))
-    return _finish_all(store_root, asset, pending, families, t0, report)
+    with _cleanup_on_error(client, Path(store_root) / asset) as run:
+        entity_lists = client.gather([client.submit(entities_of, d, pure=False) for d in days])
+        if only_entities is not None:
+            keep = set(only_entities)
+            entity_lists = [[e for e in ents if e in keep] for ents in entity_lists]
+        workers = n_workers(client)
+        pending = []
+        for day, ents in zip(days, entity_lists):
+            if not ents:
+                report.days.append(_empty_day(store_root, asset, day, token, keys, features, families))
+                continue
+            shards = plan_shards(ents, shard_count(len(ents), workers, shards_per_worker, min_shard_entities, days_in_run=len(days)))
+            staging = run.staging(staging_dir(store_root, asset, day, token, make=True))
+            futs = run.track([submit_shard(day, shard, str(staging), i, len(shards)) for i, shard in enumerate(shards)])
+            pending.append((day, staging, futs))
+        return _finish_all(store_root, asset, pending, families, t0, report)
+
+
+class _RunCleanup:
+    """What an interrupted or failed run must cancel (its futures) and remove (its staging folders)."""
+
+    def __init__(self):
+        self.futures: list = []
+        self.folders: list[Path] = []
+
+    def track(self, futures: list) -> list:
+        self.futures.extend(futures)
+        return futures
+
+    def staging(self, folder: Path) -> Path:
+        self.folders.append(folder)
+        return folder
+
+
+@contextlib.contextmanager
+def _cleanup_on_error(client, asset_dir: Path, run: _RunCleanup | None = None):
+    """Sweep what killed runs left in `asset_dir`; on an error or interrupt, cancel the run's tasks and,
+    once they have ended, remove its uncommitted staging folders (a committed one was renamed away)."""
+    from distributed import wait
+
+    _sweep_stale(asset_dir)
+    run = run if run is not None else _RunCleanup()
+    try:
+        yield run
+    except BaseException:
+        client.cancel(run.futures)
+        with contextlib.suppress(Exception):  # never hides the run's own error
+            wait(run.futures, timeout=60)
+        for folder in run.folders:
+            discard_staging(folder)
+        raise
 
 
 def _day_groups(days: list[str], days_per_task: int, workers: int) -> list[list[str]]:
@@ -244,8 +280,9 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
     futures: dict[str, list] = {d: [] for d in days}
 
     shuffle = Path(store_root) / dfs.ASSET / f".shuffle-{token}"
-    _sweep_shuffles(Path(store_root) / dfs.ASSET)
-    submitted: list = []  # every future of the run: what an error cancels and the final cleanup waits for
+    run = _RunCleanup()  # every future of the run (what an error cancels, the final cleanup waits for), its staging
+    for d in days:
+        run.staging(staging[d])
 
     def read(k: int, group: list[str]) -> list:
         union = dfs._union_window(group, start, cfg)
@@ -257,41 +294,37 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
         # fails to write instead of leaving a file behind
         folder = shuffle / f"group-{k:04d}"
         folder.mkdir(parents=True)
-        futs = [client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities,
-                              str(folder / f"reader-{i:04d}.arrow"), pure=False)
-                for i, part in enumerate(_even_parts(union, n_readers))]
-        submitted.extend(futs)
-        return futs
+        return run.track([client.submit(dfs.read_buckets, store_root, part, cfg, before, n_buckets, only_entities,
+                                        str(folder / f"reader-{i:04d}.arrow"), pure=False)
+                          for i, part in enumerate(_even_parts(union, n_readers))])
 
     def empty(day: str) -> dict:
         return _empty_day(store_root, asset=dfs.ASSET, day=day, token=token, keys=[cfg.entity], features=features, families=fams)
 
     try:
-        # one group of readers ahead: the cluster decodes the next window while the client plans
-        # this one (windows of a backfill overlap); a group's files go once its shards are done
-        ahead = read(0, groups[0]) if groups else []
-        for k, group in enumerate(groups):
-            readers, ahead = ahead, (read(k + 1, groups[k + 1]) if k + 1 < len(groups) else [])
-            shards, err = _submit_dfs_shards(client, readers, store_root, start, cfg, manifest, group, staging, futures,
-                                             workers, shards_per_worker, min_shard_entities, len(groups), only_entities)
-            submitted.extend(shards)
-            folder = str(shuffle / f"group-{k:04d}")
-            if err:
-                failed.update({d: f"{d}: {err}" for d in group})
-                wait(readers)  # a reader failed: the others may still be writing
-                _remove_tree(folder)
-            else:
-                submitted.append(client.submit(_remove_tree, folder, *shards, pure=False))
-        report.errors.extend(failed.values())
-        _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in days if d not in failed], fams, t0, report,
-                    per_day=True, empty=empty)
-    except BaseException:
-        client.cancel(submitted)  # an interrupted run computes nothing more
-        raise
+        with _cleanup_on_error(client, Path(store_root) / dfs.ASSET, run):
+            # one group of readers ahead: the cluster decodes the next window while the client plans
+            # this one (windows of a backfill overlap); a group's files go once its shards are done
+            ahead = read(0, groups[0]) if groups else []
+            for k, group in enumerate(groups):
+                readers, ahead = ahead, (read(k + 1, groups[k + 1]) if k + 1 < len(groups) else [])
+                shards, err = _submit_dfs_shards(client, readers, store_root, start, cfg, manifest, group, staging, futures,
+                                                 workers, shards_per_worker, min_shard_entities, len(groups), only_entities)
+                run.track(shards)
+                folder = str(shuffle / f"group-{k:04d}")
+                if err:
+                    failed.update({d: f"{d}: {err}" for d in group})
+                    wait(readers)  # a reader failed: the others may still be writing
+                    _remove_tree(folder)
+                else:
+                    run.track([client.submit(_remove_tree, folder, *shards, pure=False)])
+            report.errors.extend(failed.values())
+            _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in days if d not in failed], fams, t0,
+                        report, per_day=True, empty=empty)
     finally:
-        # readers and shards have ended (or been cancelled; a reader still running fails to write)
+        # readers and shards have ended (or were cancelled: a task still running fails to write)
         with contextlib.suppress(Exception):  # never hides the run's own error
-            wait(submitted, timeout=60)
+            wait(run.futures, timeout=60)
         _remove_tree(str(shuffle))
     report.errors.sort()  # day order, whichever step failed
     return report
@@ -311,6 +344,8 @@ def _submit_dfs_shards(client, readers: list, store_root: str, start: str, cfg: 
     n_buckets = len(events)
     n = max(1, shard_count(int(entities.sum()), workers, shards_per_worker, min_shard_entities, days_in_run=n_groups),
             ceil_div(int(entities.sum()) * len(group), DFS_MAX_ROWS_PER_TASK), ceil_div(int(events.sum()), DFS_MAX_EVENTS_PER_TASK))
+    for d in group:  # made by the client, never by a shard (see staging_dir)
+        Path(staging[d]).mkdir(parents=True, exist_ok=True)
     weight = events + DFS_ROW_COST_EVENTS * entities * len(group)
     # every bucket belongs to a shard, empty ones too (their snapshot users still get rows)
     shards = plan_weighted_shards({b: float(weight[b]) for b in range(n_buckets)}, min(n, n_buckets))
@@ -330,11 +365,11 @@ def _remove_tree(path: str, *_after) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _sweep_shuffles(asset_dir: Path, older_than_s: float = 24 * 3600) -> None:
-    """Remove shuffle folders a killed run left behind: none touched for a day (a live run makes
-    and removes a group folder at least once per group of shards)."""
+def _sweep_stale(asset_dir: Path, older_than_s: float = 24 * 3600) -> None:
+    """Remove the shuffle and staging folders of runs killed outright (no cleanup ran): those untouched
+    for a day (a live run writes into its folders far more often than that)."""
     now = time.time()
-    for old in asset_dir.glob(".shuffle-*"):
+    for old in [*asset_dir.glob(".shuffle-*"), *asset_dir.glob(".staging-*")]:
         try:
             if now - old.stat().st_mtime > older_than_s:
                 _remove_tree(str(old))
@@ -381,11 +416,12 @@ def run_tsfresh(client, store_root: str, asset: str, days: list[str], start: str
 def _run_daily(client, store_root: str, asset: str, days: list[str], task: Callable, families: dict, report: RunReport) -> RunReport:
     t0 = time.perf_counter()
     token = new_token()
-    pending = []
-    for day in days:
-        staging = staging_dir(store_root, asset, day, token)
-        pending.append((day, staging, [task(day, str(staging))]))
-    return _finish_all(store_root, asset, pending, families, t0, report)
+    with _cleanup_on_error(client, Path(store_root) / asset) as run:
+        pending = []
+        for day in days:
+            staging = run.staging(staging_dir(store_root, asset, day, token, make=True))
+            pending.append((day, staging, run.track([task(day, str(staging))])))
+        return _finish_all(store_root, asset, pending, families, t0, report)
 
 
 def run_interactions(client, store_root: str, days: list[str], cfg: interactions.InteractionConfig, *, replan: bool = False) -> RunReport:

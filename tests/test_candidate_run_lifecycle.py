@@ -1,5 +1,7 @@
-"""DFS shuffle files never outlive their run: a failed reader, an interrupted client and a killed
-run's leftovers. An in-process LocalCluster (threads), so a patched reader runs on its workers."""
+"""Candidate runs leave nothing behind: DFS shuffle files after a failed reader, an interrupted client
+or a killed run; staging folders of days an interrupted run had not committed (DFS and the sharded
+tsfresh run) and of killed runs. An in-process LocalCluster (threads), so a patched task runs on its
+workers."""
 
 import os
 import time
@@ -10,6 +12,8 @@ from candidate_store import START, SUNDAY, build_store
 from distributed import Client, LocalCluster
 
 from featurecore.candidates import dfs, runner
+from featurecore.candidates import tsfresh_features as tsf
+from featurecore.candidates.common import CandidateError, write_part
 from featurecore.timeutil import shift_day
 
 CFG = dfs.DFSConfig(sample_entities=60, max_features=30)
@@ -27,6 +31,10 @@ def env(tmp_path_factory):
 
 def _leftover(root: str) -> list[str]:
     return sorted(str(p) for p in (Path(root) / dfs.ASSET).glob(".shuffle-*/**/*"))
+
+
+def _staging(root: str, asset: str) -> list[str]:
+    return sorted(str(p) for p in (Path(root) / asset).glob(".staging-*"))
 
 
 def test_a_failed_reader_leaves_no_file_of_its_slower_sibling(env, monkeypatch):
@@ -66,6 +74,53 @@ def test_a_killed_runs_folder_is_swept_after_a_day_and_a_live_one_is_not(env):
     for folder in (dead, live):
         (folder / "group-0000").mkdir(parents=True)
         (folder / "group-0000" / "reader-0000.arrow").write_bytes(b"x")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(dead, (two_days_ago, two_days_ago))
+    runner.run_dfs(client, root, [SUNDAY], START, CFG).raise_errors()
+    assert not dead.exists() and live.exists()
+    runner._remove_tree(str(live))
+
+
+@pytest.mark.parametrize("kind", ["dfs", "tsfresh"])
+def test_an_interrupted_commit_leaves_no_staging_folder(env, monkeypatch, kind):
+    """Interrupted while committing its first day: the days it had not committed lose their staging folders."""
+    client, root = env
+    calls = []
+
+    def commit_then_interrupt(*a, **k):
+        calls.append(a)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "commit_partition", commit_then_interrupt)
+    days = [shift_day(SUNDAY, -7), SUNDAY]
+    with pytest.raises(KeyboardInterrupt):
+        if kind == "dfs":
+            runner.run_dfs(client, root, days, START, CFG, days_per_task=1)
+        else:
+            cfg = tsf.TsfreshConfig(source=tsf.SeriesSource(window_days=10), parameters="minimal")
+            runner.run_tsfresh(client, root, "lifecycle_tsfresh", days, START, cfg, min_shard_entities=6)
+    asset = dfs.ASSET if kind == "dfs" else "lifecycle_tsfresh"
+    assert calls and not _staging(root, asset)
+    assert not _leftover(root)
+
+
+def test_a_task_never_makes_a_staging_folder(tmp_path):
+    """A shard still running after its run cleaned up fails to write instead of leaving a folder."""
+    import pandas as pd
+
+    gone = tmp_path / ".staging-date=2026-09-13-abc"
+    with pytest.raises(CandidateError, match="is gone"):
+        write_part(pd.DataFrame({"x": [1.0]}), gone, 0)
+    assert not gone.exists()
+
+
+def test_a_killed_runs_staging_folder_is_swept_after_a_day(env):
+    client, root = env
+    asset = Path(root) / dfs.ASSET
+    dead, live = asset / ".staging-date=2026-09-06-dead", asset / ".staging-date=2026-09-06-live"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "part-0000.parquet").write_bytes(b"x")
     two_days_ago = time.time() - 2 * 86400
     os.utime(dead, (two_days_ago, two_days_ago))
     runner.run_dfs(client, root, [SUNDAY], START, CFG).raise_errors()
