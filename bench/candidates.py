@@ -159,7 +159,7 @@ def _single_many(store: str, asset: str, fn) -> tuple[float, float]:
     t0, c0 = time.perf_counter(), time.thread_time()
     token = new_token()
     for d, df in fn().items():
-        staging = staging_dir(store, asset, d, token)
+        staging = staging_dir(store, asset, d, token, make=True)
         write_part(df, staging, 0)
         commit_partition(store, asset, d, staging)
     return time.perf_counter() - t0, time.thread_time() - c0

@@ -26,15 +26,34 @@ def partition_dir(store_root: str | os.PathLike, asset: str, day: str) -> Path:
 
 
 def replace_folder(target: Path, new: Path) -> Path:
-    """Make folder `new` the folder `target` by renames (the old one is removed afterwards)."""
+    """Make folder `new` the folder `target` by renames (the old one is removed afterwards).
+
+    Interrupted between the two renames, the old folder is put back: `target` never stays missing.
+    """
     old = None
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    new.rename(target)
+    try:
+        if target.exists():
+            old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+        new.rename(target)
+    except BaseException:
+        if old is not None and old.exists() and not target.exists():
+            old.rename(target)
+        raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_folder(old)
     return target
+
+
+def remove_folder(path: Path) -> None:
+    """Delete a folder that a still-running writer may write into: renamed to a ``.trash-*`` sibling
+    first, so the writer's path is gone before the tree is walked (and no new file can stop the walk)."""
+    trash = path.parent / f".trash-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        path.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # Compression of the feature pipeline's intermediate state: LZ4 writes a 36k-entity window

@@ -126,3 +126,46 @@ def test_a_killed_runs_staging_folder_is_swept_after_a_day(env):
     runner.run_dfs(client, root, [SUNDAY], START, CFG).raise_errors()
     assert not dead.exists() and live.exists()
     runner._remove_tree(str(live))
+
+
+def test_an_interrupted_empty_day_leaves_no_staging_folder(env, monkeypatch):
+    """A day without entities gets an empty partition through a staging folder: tracked like the others."""
+    client, root = env
+
+    def interrupt(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "commit_partition", interrupt)
+    cfg = tsf.TsfreshConfig(source=tsf.SeriesSource(window_days=10), parameters="minimal")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_tsfresh(client, root, "lifecycle_empty", [SUNDAY], START, cfg, only_entities=[])
+    assert not _staging(root, "lifecycle_empty")
+
+
+def test_a_lost_cluster_keeps_the_runs_error_and_still_removes_its_staging(tmp_path):
+    """Cancelling on a closed client raises; that neither replaces the run's error nor skips the cleanup."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        client = Client(cluster)
+        run = runner._RunCleanup("lost")
+        with pytest.raises(RuntimeError, match="scheduler lost"):
+            with runner._cleanup_on_error(client, tmp_path / "asset", run):
+                run.staging(runner.staging_dir(tmp_path, "asset", "2026-09-06", "lost", make=True))
+                run.track([client.submit(time.sleep, 5, pure=False)])
+                client.close()
+                raise RuntimeError("scheduler lost")
+    assert not list((tmp_path / "asset").glob(".staging-*")) and not list((tmp_path / "asset").glob(".live-*"))
+
+
+def test_a_long_live_runs_old_folders_are_not_swept(tmp_path):
+    """Folders untouched for days survive while their run's marker is fresh; a stale marker goes with them."""
+    asset = tmp_path / "asset"
+    old = time.time() - 3 * 86400
+    for token in ("alive", "dead"):
+        folder = asset / f".staging-date=2026-09-06-{token}"
+        folder.mkdir(parents=True)
+        os.utime(folder, (old, old))
+        (asset / f".live-{token}").touch()
+    os.utime(asset / ".live-dead", (old, old))
+    (asset / ".trash-date=2026-09-01-x").mkdir()
+    runner._sweep_stale(asset)
+    assert sorted(p.name for p in asset.iterdir()) == [".live-alive", ".staging-date=2026-09-06-alive"]

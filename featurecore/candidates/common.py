@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import uuid
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ..store import partition_dir, partition_exists, replace_folder
+from ..store import partition_dir, partition_exists, remove_folder, replace_folder
 from ..timeutil import cutoff, day_range, shift_day, to_day
 
 ARTIFACTS = "_artifacts"
@@ -183,8 +182,8 @@ def commit_partition(store_root: str | os.PathLike, asset: str, day: str, stagin
 
 
 def discard_staging(staging: Path) -> None:
-    """Remove a staging folder after a failed shard."""
-    shutil.rmtree(staging, ignore_errors=True)
+    """Remove a staging folder after a failed shard or run (its other tasks may still be writing)."""
+    remove_folder(staging)
 
 
 # --------------------------------------------------------------------------- artifacts

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Callable
 
 import pandas as pd
 
+from ..store import remove_folder
 from ..timeutil import to_day
 from . import dfs, encodings, interactions, tsfresh_features
 from .common import (
@@ -175,7 +177,7 @@ def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_
                  report: RunReport, only_entities: list | None = None) -> RunReport:
     t0 = time.perf_counter()
     token = new_token()
-    with _cleanup_on_error(client, Path(store_root) / asset) as run:
+    with _cleanup_on_error(client, Path(store_root) / asset, _RunCleanup(token)) as run:
         entity_lists = client.gather([client.submit(entities_of, d, pure=False) for d in days])
         if only_entities is not None:
             keep = set(only_entities)
@@ -184,6 +186,7 @@ def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_
         pending = []
         for day, ents in zip(days, entity_lists):
             if not ents:
+                run.staging(staging_dir(store_root, asset, day, token))
                 report.days.append(_empty_day(store_root, asset, day, token, keys, features, families))
                 continue
             shards = plan_shards(ents, shard_count(len(ents), workers, shards_per_worker, min_shard_entities, days_in_run=len(days)))
@@ -196,7 +199,8 @@ def _run_sharded(client, store_root: str, asset: str, days: list[str], entities_
 class _RunCleanup:
     """What an interrupted or failed run must cancel (its futures) and remove (its staging folders)."""
 
-    def __init__(self):
+    def __init__(self, token: str):
+        self.token = token
         self.futures: list = []
         self.folders: list[Path] = []
 
@@ -209,23 +213,42 @@ class _RunCleanup:
         return folder
 
 
-@contextlib.contextmanager
-def _cleanup_on_error(client, asset_dir: Path, run: _RunCleanup | None = None):
-    """Sweep what killed runs left in `asset_dir`; on an error or interrupt, cancel the run's tasks and,
-    once they have ended, remove its uncommitted staging folders (a committed one was renamed away)."""
-    from distributed import wait
+# A live run touches its `.live-<token>` marker this often; a run's folders are swept only once
+# its marker (or, without one, the folder itself) is older than STALE_SECONDS.
+HEARTBEAT_SECONDS = 600
+STALE_SECONDS = 24 * 3600
 
-    _sweep_stale(asset_dir)
-    run = run if run is not None else _RunCleanup()
+
+@contextlib.contextmanager
+def _cleanup_on_error(client, asset_dir: Path, run: _RunCleanup):
+    """Mark the run live and sweep what dead runs left in `asset_dir`; on an error or interrupt, cancel
+    the run's tasks and remove the staging folders of the days it had not committed (a committed one
+    was renamed away). A cancelled task still running cannot write: the folders are made only by
+    the client and removed by rename first (``store.remove_folder``)."""
+    asset_dir.mkdir(parents=True, exist_ok=True)
+    marker = asset_dir / f".live-{run.token}"
+    marker.touch()
+    stop = threading.Event()
+
+    def heartbeat() -> None:  # a backfill can outlast STALE_SECONDS: its folders must not look dead
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                marker.touch()
+
+    threading.Thread(target=heartbeat, name=f"run-{run.token}-heartbeat", daemon=True).start()
     try:
+        _sweep_stale(asset_dir)
         yield run
     except BaseException:
-        client.cancel(run.futures)
-        with contextlib.suppress(Exception):  # never hides the run's own error
-            wait(run.futures, timeout=60)
+        with contextlib.suppress(Exception):  # a lost cluster must not hide the run's own error
+            client.cancel(run.futures)
         for folder in run.folders:
             discard_staging(folder)
         raise
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError):
+            marker.unlink()
 
 
 def _day_groups(days: list[str], days_per_task: int, workers: int) -> list[list[str]]:
@@ -280,7 +303,7 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
     futures: dict[str, list] = {d: [] for d in days}
 
     shuffle = Path(store_root) / dfs.ASSET / f".shuffle-{token}"
-    run = _RunCleanup()  # every future of the run (what an error cancels, the final cleanup waits for), its staging
+    run = _RunCleanup(token)  # every future of the run (what an error cancels, the final cleanup waits for), its staging
     for d in days:
         run.staging(staging[d])
 
@@ -322,7 +345,8 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
             _finish_all(store_root, dfs.ASSET, [(d, staging[d], futures[d]) for d in days if d not in failed], fams, t0,
                         report, per_day=True, empty=empty)
     finally:
-        # readers and shards have ended (or were cancelled: a task still running fails to write)
+        # after a success every task has ended; after an error the cancelled ones may still run,
+        # but none makes a folder and the removal renames the run's folder away first
         with contextlib.suppress(Exception):  # never hides the run's own error
             wait(run.futures, timeout=60)
         _remove_tree(str(shuffle))
@@ -362,19 +386,32 @@ def _submit_dfs_shards(client, readers: list, store_root: str, start: str, cfg: 
 
 def _remove_tree(path: str, *_after) -> None:
     """Delete a run's shuffle files (as a Dask task: scheduled after the shards that read them)."""
-    shutil.rmtree(path, ignore_errors=True)
+    remove_folder(Path(path))
 
 
-def _sweep_stale(asset_dir: Path, older_than_s: float = 24 * 3600) -> None:
-    """Remove the shuffle and staging folders of runs killed outright (no cleanup ran): those untouched
-    for a day (a live run writes into its folders far more often than that)."""
+def _sweep_stale(asset_dir: Path, older_than_s: float = STALE_SECONDS) -> None:
+    """Remove what runs killed outright left behind: `.trash-*` folders, and the `.staging-*` and
+    `.shuffle-*` folders of runs whose `.live-<token>` marker is gone or stale, once untouched for
+    `older_than_s` (folders of runs started before markers existed have only their own age)."""
     now = time.time()
-    for old in [*asset_dir.glob(".shuffle-*"), *asset_dir.glob(".staging-*")]:
+
+    def age(p: Path) -> float:
         try:
-            if now - old.stat().st_mtime > older_than_s:
-                _remove_tree(str(old))
+            return now - p.stat().st_mtime
         except FileNotFoundError:
-            pass
+            return 0.0
+
+    live = {m.name[len(".live-"):] for m in asset_dir.glob(".live-*") if age(m) <= older_than_s}
+    for m in asset_dir.glob(".live-*"):
+        if m.name[len(".live-"):] not in live:
+            with contextlib.suppress(OSError):
+                m.unlink()
+    for old in asset_dir.glob(".trash-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    for old in [*asset_dir.glob(".shuffle-*"), *asset_dir.glob(".staging-*")]:
+        token = old.name.rsplit("-", 1)[-1]
+        if token not in live and age(old) > older_than_s:
+            _remove_tree(str(old))
 
 
 def _even_parts(items: list, n: int) -> list[list]:
@@ -416,7 +453,7 @@ def run_tsfresh(client, store_root: str, asset: str, days: list[str], start: str
 def _run_daily(client, store_root: str, asset: str, days: list[str], task: Callable, families: dict, report: RunReport) -> RunReport:
     t0 = time.perf_counter()
     token = new_token()
-    with _cleanup_on_error(client, Path(store_root) / asset) as run:
+    with _cleanup_on_error(client, Path(store_root) / asset, _RunCleanup(token)) as run:
         pending = []
         for day in days:
             staging = run.staging(staging_dir(store_root, asset, day, token, make=True))
