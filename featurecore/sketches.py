@@ -5,12 +5,14 @@ plain DataFrames that Parquet, Dask and pickle move around freely.
 
 Distinct counts: HyperLogLog with ``2^12`` registers over 64-bit hashes (pandas'
 ``hash_array``: SipHash for strings, splitmix64 for numbers), a sparse exact mode for
-up to ``HLL_EXACT_MAX`` distinct values (32-bit coupons of the hashes, 26 address bits and
-the register value, like DataSketches' list/set mode), and Ertl's improved estimator (the one Redis uses) in register mode.
+up to ``HLL_EXACT_MAX`` distinct values (32-bit coupons of the hashes, 26 address bits
+and the register value, like DataSketches' list/set mode), and Ertl's improved
+estimator (the one Redis uses) in register mode.
 Relative standard error ``RSE = 1.04 / sqrt(2^12) ~= 1.625 %`` (``HLL_RSE``); ~95 % of
 estimates fall within 2 RSE (3.3 %) and ~99.7 % within 3 RSE. In exact mode the
 estimate is the number of distinct coupons: the true count unless two values share
-26 hash bits and a register value (~2^-27 per pair, ~2e-4 for 256 values). Why not DataSketches' HLL:
+26 hash bits and a register value (~2^-27 per pair, ~2e-4 for 256 values). Why not
+DataSketches' HLL:
 its Python API builds, unions and estimates one sketch per call, which cost ~60 % of a
 day's feature time at 65k users; here building, union and estimation each run as a few
 numpy sorts over all entities at once, and a union is a set union / register max, so it
@@ -183,7 +185,7 @@ def _arrow(sketches: Sequence) -> pa.Array:
         raise ValueError(f"HLL sketches must be bytes or None: {e}") from None
 
 
-def _layout(arr: pa.Array) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+def _layout(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(uint32 words, items per row incl. the header, start word of each row, row is in register mode) of
     an Arrow column of sketches, checked to be featurecore sketches; nothing is copied."""
     bufs = arr.buffers()
@@ -260,15 +262,20 @@ def hll_merge(sketches: Iterable[bytes | None]) -> bytes | None:
     return hll_merge_by_group(np.zeros(len(parts), dtype=np.int64), np.asarray(parts, dtype=object), 1)[0]
 
 
+def _single_and_multi(arr: pa.Array, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the present sketches that are their group's only one (their own union: nothing to
+    unpack) and of those that share their group with others."""
+    ok = arr.is_valid().to_numpy(zero_copy_only=False)
+    single = ok & (np.bincount(codes[ok], minlength=n_groups)[codes] == 1)
+    return single, ok & ~single
+
+
 def hll_merge_by_group(codes: np.ndarray, sketches: np.ndarray, n_groups: int) -> np.ndarray:
     """Union of the sketches of each group code (rows with ``None`` are ignored)."""
     sketches = np.asarray(sketches, dtype=object)
     codes = np.asarray(codes, dtype=np.int64)
     arr = _arrow(sketches)
-    ok = arr.is_valid().to_numpy(zero_copy_only=False)
-    cnt = np.bincount(codes[ok], minlength=n_groups)
-    single = ok & (cnt[codes] == 1)  # a group's only sketch is its union: no need to unpack it
-    multi = ok & ~single
+    single, multi = _single_and_multi(arr, codes, n_groups)
     rows, items, is_reg = _unpack(arr.filter(pa.array(multi)))
     out = _hll_build(codes[multi][rows], items, is_reg, n_groups)
     out[codes[single]] = sketches[single]
@@ -280,10 +287,7 @@ def hll_union_estimates(codes: np.ndarray, sketches: np.ndarray, n_groups: int) 
     the same registers, the same estimator, the same floats (for window frames nobody stores)."""
     codes = np.asarray(codes, dtype=np.int64)
     arr = _arrow(np.asarray(sketches, dtype=object))
-    ok = arr.is_valid().to_numpy(zero_copy_only=False)
-    cnt = np.bincount(codes[ok], minlength=n_groups)
-    single = ok & (cnt[codes] == 1)  # a group's only sketch is its union: estimated as it is
-    multi = ok & ~single
+    single, multi = _single_and_multi(arr, codes, n_groups)
     rows, items, is_reg = _unpack(arr.filter(pa.array(multi)))
     if len(rows):
         _, exact, regs = _hll_union(codes[multi][rows], items, is_reg, n_groups)

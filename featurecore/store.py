@@ -40,8 +40,8 @@ def replace_folder(target: Path, new: Path) -> Path:
         if old is not None and old.exists() and not target.exists():
             old.rename(target)
         raise
-    if old is not None:
-        remove_folder(old)
+    if old is not None:  # nothing writes into a replaced partition: no rename first
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -335,9 +335,9 @@ def run_dfs(client, store_root: str, days: list[str], start: str, cfg: dfs.DFSCo
                                                  workers, shards_per_worker, min_shard_entities, len(groups), only_entities)
                 run.track(shards)
                 folder = str(shuffle / f"group-{k:04d}")
-                if err:
+                if err:  # a reader failed: its siblings are not needed (one still running fails to write)
                     failed.update({d: f"{d}: {err}" for d in group})
-                    wait(readers)  # a reader failed: the others may still be writing
+                    client.cancel(readers)
                     _remove_tree(folder)
                 else:
                     run.track([client.submit(_remove_tree, folder, *shards, pure=False)])
@@ -401,9 +401,11 @@ def _sweep_stale(asset_dir: Path, older_than_s: float = STALE_SECONDS) -> None:
         except FileNotFoundError:
             return 0.0
 
-    live = {m.name[len(".live-"):] for m in asset_dir.glob(".live-*") if age(m) <= older_than_s}
+    live = set()
     for m in asset_dir.glob(".live-*"):
-        if m.name[len(".live-"):] not in live:
+        if age(m) <= older_than_s:
+            live.add(m.name[len(".live-"):])
+        else:
             with contextlib.suppress(OSError):
                 m.unlink()
     for old in asset_dir.glob(".trash-*"):
