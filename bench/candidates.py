@@ -18,6 +18,10 @@ fixed cost), tsfresh for the last day's cutoff:
   computes all 4 cutoffs of its entities (in the same batches). tsfresh: list entities on a worker, one task per entity shard reading
   its entities' rows. Each shard writes its own parts; the client only commits partitions
   and writes ``_costs.json``.
+- **machine ceiling** (largest DFS N): the same DFS split into two halves computed at once in
+  two plain spawned processes (no Dask, nothing written), against all of it in one of them,
+  and a pure-Python loop alone and on both cores at once. No scheduler can beat it here:
+  it shows how much of a shortfall is the machine (two busy cores each run slower).
 - **tsfresh ClusterDaskDistributor** (reference, middle N): tsfresh's own distributor on
   the same cluster, default chunking, called from this process; results come back through
   the client and are written here.
@@ -93,6 +97,7 @@ class CandidatesResult:
     points: list[Point] = field(default_factory=list)
     prepare: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ceiling: dict = field(default_factory=dict)  # machine_ceiling() at the largest DFS N
 
     def top(self, family: str) -> Point:
         """The largest measurement of a family."""
@@ -122,6 +127,53 @@ def _warm(_=None) -> bool:
     import featurecore.candidates.dfs  # noqa: F401
     import featurecore.candidates.tsfresh_features  # noqa: F401
     return True
+
+
+def _spin(n: int = 40_000_000) -> float:
+    """Seconds of a pure-Python loop that touches no memory: how fast one core runs the interpreter."""
+    t0, x = time.perf_counter(), 0
+    for i in range(n):
+        x += i * i % 7
+    return time.perf_counter() - t0
+
+
+def _dfs_plain(store: str, days: list[str], start: str, cfg, manifest: dict, ents: list) -> float:
+    """Seconds of ``dfs.compute_window`` over `ents` in this process (nothing written): a shard without Dask."""
+    from featurecore.candidates import dfs
+
+    _warm()
+    t0 = time.perf_counter()
+    dfs.compute_window(store, days, start, cfg, manifest, ents)
+    return time.perf_counter() - t0
+
+
+def machine_ceiling(store: str, days: list[str], start: str, cfg, manifest: dict, ents: list) -> dict:
+    """What two busy cores of this machine allow, without Dask: two plain processes (spawned, warmed).
+
+    A pure-Python loop alone and on both cores at once (the per-core slow-down when both are
+    busy), and DFS over `ents` in one process against its two halves in two processes at
+    once: the speed-up an ideal scheduler with one shard per worker could reach here.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    pools = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(2)]
+    try:
+        warm = sorted(ents)[:300]
+        for f in [p.submit(_dfs_plain, store, days, start, cfg, manifest, warm) for p in pools]:
+            f.result()
+        spin_alone = pools[0].submit(_spin).result()
+        spin_both = [f.result() for f in [p.submit(_spin) for p in pools]]
+        every = pools[0].submit(_dfs_plain, store, days, start, cfg, manifest, ents).result()
+        halves = [sorted(ents)[i::2] for i in range(2)]
+        half_alone = pools[0].submit(_dfs_plain, store, days, start, cfg, manifest, halves[0]).result()
+        both = [f.result() for f in [p.submit(_dfs_plain, store, days, start, cfg, manifest, h) for p, h in zip(pools, halves)]]
+    finally:
+        for p in pools:
+            p.shutdown()
+    return {"spin_alone": spin_alone, "spin_both": max(spin_both), "dfs_one": every, "dfs_half_alone": half_alone,
+            "dfs_halves_both": max(both), "ceiling": every / max(both)}
 
 
 def _work_store(data, name: str) -> str:
@@ -233,6 +285,17 @@ def run(ctx) -> CandidatesResult:
                      f"{top.single_s:.2f} / ({fixed:.2f} + {top.single_s - fixed:.2f} / 2) = {bound:.2f}x before any "
                      "scheduling or two-busy-cores cost.")
 
+    # the same split without Dask: what two busy cores allow here (the cluster's speed-up cannot exceed it)
+    top_ents = sorted(order[: ns[-1]])
+    c = res.ceiling = machine_ceiling(single_store, days, start, cfg, manifest, top_ents)
+    res.notes.append(
+        f"machine ceiling (no Dask, two spawned processes): a pure-Python loop takes {fmt_seconds(c['spin_alone'])} "
+        f"alone and {fmt_seconds(c['spin_both'])} with both cores busy ({c['spin_both'] / c['spin_alone'] - 1:+.0%} per core); "
+        f"DFS at {top.label} takes {fmt_seconds(c['dfs_one'])} in one process, one half {fmt_seconds(c['dfs_half_alone'])} "
+        f"alone and {fmt_seconds(c['dfs_halves_both'])} when both halves run at once, so two plain processes reach "
+        f"{fmt_ratio(c['ceiling'])} (the cluster: {fmt_ratio(top.speedup)}).")
+    ctx.log(f"    machine ceiling for DFS (two plain processes): {fmt_ratio(c['ceiling'])}")
+
     # ---- tsfresh
     tcfg = tsf.TsfreshConfig()
     t0 = time.perf_counter()
@@ -312,6 +375,8 @@ def summary_rows(r: CandidatesResult) -> list[list[str]]:
                      "yes" if p.speedup >= TARGET else "NO"])
         rows.append(["4 candidates", f"{fam} CPU-time bound on the speed-up ({what})", fmt_ratio(p.cpu_speedup), "", ""])
         rows.append(["4 candidates", f"{fam} entity rows/s, 2 workers ({what})", f"{p.n / p.cluster_s:,.1f}", "", ""])
+    if r.ceiling:
+        rows.append(["4 candidates", "DFS halves in 2 plain processes, no Dask (machine ceiling)", fmt_ratio(r.ceiling["ceiling"]), "", ""])
     ok = all(p.agree for p in r.points)
     rows.append(["4 candidates", "cluster output == one-process output", "yes" if ok else "NO", "yes", "yes" if ok else "NO"])
     return rows

@@ -38,6 +38,12 @@ Implementations:
     loaded (inside the timed section). Fill rule: ``NUM_UNIQUE`` gives NaN for users with
     no view in the window; it is filled with 0 (a count).
 
+One-day floor (info): the parts of the one-day update that do not depend on how it aggregates,
+timed on a worker with the pipeline's own calls on the day's stored outputs (read the day's raw
+events, write its tile, read the carried all-time state and write the next, write the feature
+partition, its Pandera check) plus two empty-task round trips. A budget of DuckDB's one-day time
+/ 10 minus the floor is what tiling, window merges and features could take at most.
+
 Agreement is checked against DuckDB (exact): counts exactly, sums/means/recency to float
 rounding, the distinct count within 5% relative or +-2 (HLL lg_k=12 has ~1.6% RSE).
 """
@@ -53,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from featurecore.spec import Aggregation, Derived, FeatureGroup
+from featurecore.timeutil import shift_day
 
 from .common import (
     MEASUREMENT_HEADERS, Dataset, Measurement, fmt_bytes, fmt_ratio, fmt_seconds, fresh_work_store,
@@ -138,6 +145,62 @@ def project_one_day(client, group: FeatureGroup, store_root: str, day: str, star
 
     client.submit(tile_day, day, [group], store_root, pure=False).result()
     return client.submit(features_range, [day], group, store_root, start, pure=False).result()[0]
+
+
+FLOOR_SCRATCH = "_bench_floor_"  # scratch assets the floor writes to (removed afterwards)
+
+
+def _noop() -> None:
+    return None
+
+
+def floor_parts(group: FeatureGroup, store_root: str, day: str) -> dict[str, float]:
+    """Dask task: seconds of the I/O and check a one-day update of this design pays before aggregating.
+
+    The same calls as ``tile_day`` + ``features_range`` make, on the day's stored outputs: read
+    the day's raw events, write its tile, read the previous day's carried state, write the new
+    one, write the feature partition, and its Pandera check. Writes go to scratch assets.
+    """
+    from checks.feature_schemas import validate_features
+    from featurecore.pipeline import load_events, state_asset, tiles_asset
+    from featurecore.store import INTERNAL, read_partition, write_partition
+
+    tile = read_partition(store_root, tiles_asset(group), day)  # inputs: not timed
+    state = read_partition(store_root, state_asset(group), day)
+    feats = read_partition(store_root, group.name, day)
+    out: dict[str, float] = {}
+    steps = [
+        ("read the day's raw events", lambda: load_events(store_root, day, [group])),
+        ("write its tile", lambda: write_partition(tile, store_root, FLOOR_SCRATCH + "tile", day, compression=INTERNAL)),
+        ("read the carried state", lambda: read_partition(store_root, state_asset(group), shift_day(day, -1))),
+        ("write the new state", lambda: write_partition(state, store_root, FLOOR_SCRATCH + "state", day,
+                                                        compression=INTERNAL)),
+        ("write the features", lambda: write_partition(feats, store_root, FLOOR_SCRATCH + "features", day)),
+        ("Pandera check", lambda: validate_features(feats, group)),
+    ]
+    for name, fn in steps:
+        t0 = time.perf_counter()
+        fn()
+        out[name] = time.perf_counter() - t0
+    return out
+
+
+def one_day_floor(client, group: FeatureGroup, store_root: str, day: str, repeats: int) -> dict[str, float]:
+    """Median seconds of each part a one-day update pays whatever its engine (``floor_parts``), plus
+    two task round trips (the update is two tasks): what is left of a time budget for aggregating."""
+    import shutil
+
+    trips = []
+    for _ in range(max(repeats, 3)):
+        t0 = time.perf_counter()
+        client.submit(_noop, pure=False).result()
+        trips.append(time.perf_counter() - t0)
+    runs = [client.submit(floor_parts, group, store_root, day, pure=False).result() for _ in range(max(repeats, 3))]
+    for name in ("tile", "state", "features"):
+        shutil.rmtree(Path(store_root) / (FLOOR_SCRATCH + name), ignore_errors=True)
+    out = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    out["two task round trips"] = 2 * float(np.median(trips))
+    return out
 
 
 def read_project_features(store_root: str, days: list[str]) -> pd.DataFrame:
@@ -402,6 +465,7 @@ class WindowedResult:
     breakdown: dict[str, Any]
     notes: list[str]
     project_all: Measurement | None = None  # info: tiles + features for every day
+    floor: dict[str, float] = field(default_factory=dict)  # one_day_floor(): parts in seconds
 
     @property
     def agree(self) -> bool:
@@ -449,6 +513,15 @@ class WindowedResult:
                 f"summed over tasks on 2 workers); features {fmt_seconds(x['features_wall'])} wall in "
                 f"{x['chunks']} chunk task(s) ({x['feature_days']} days, {fmt_seconds(x['feature_day_median'])}/day "
                 f"median, {fmt_seconds(x['feature_day_max'])} max)")
+        if self.floor:
+            total = sum(self.floor.values())
+            budget = self.duckdb_one_day.seconds / 10
+            lines.append(
+                f"one-day floor (what the update pays before aggregating anything, medians): "
+                + ", ".join(f"{k} {fmt_seconds(v)}" for k, v in self.floor.items())
+                + f" = {fmt_seconds(total)}; 10x DuckDB leaves {fmt_seconds(budget)} for everything, so tiling, "
+                f"window merges and features would have to take {fmt_seconds(budget - total)} "
+                f"(the update took {fmt_seconds(self.project_one_day.seconds)})")
         lines.extend("note: " + n for n in self.notes)
         return "\n".join(lines)
 
@@ -490,6 +563,7 @@ def run(ctx) -> WindowedResult:
     project_one = Measurement("this project: one-day incremental (tiles + features)", sec,
                               data.events_in([last]), mem, _runs_note(runs))
     project_all_df = read_project_features(store, cdays)
+    floor = one_day_floor(client, GROUP, store, last, repeats)
 
     # (b) DuckDB ------------------------------------------------------------------
     client = ctx.cluster.fresh()  # idle workers: the memory baseline does not carry the project's heap
@@ -574,7 +648,8 @@ def run(ctx) -> WindowedResult:
                  "one-day runs; 'above idle' = peak minus the RSS (this process + workers) when the phase started.")
     notes.append(f"one-day figures are the median of {repeats} runs; full runs are single runs.")
     return WindowedResult(size.name, data.n_events, len(days), total_rows, project_full, project_one, duckdb_full,
-                          duckdb_one, featuretools, duckdb_all, agreements, breakdown, notes, project_all=project_all)
+                          duckdb_one, featuretools, duckdb_all, agreements, breakdown, notes, project_all=project_all,
+                          floor=floor)
 
 
 def _runs_note(runs: list[float]) -> str:
@@ -593,6 +668,8 @@ def summary_rows(r: WindowedResult) -> list[list[str]]:
     for lbl, v, tgt, ok in r.ratios():
         if tgt:
             rows.append(["1 windowed", lbl, fmt_ratio(v), tgt, "yes" if ok else "NO"])
+    if r.floor:
+        rows.append(["1 windowed", "one-day floor (I/O, check, 2 tasks; no aggregation)", fmt_seconds(sum(r.floor.values())), "", ""])
     rows.append(["1 windowed", "three implementations agree", "yes" if r.agree else "NO", "yes",
                  "yes" if r.agree else "NO"])
     return rows
