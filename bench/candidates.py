@@ -18,10 +18,11 @@ fixed cost), tsfresh for the last day's cutoff:
   computes all 4 cutoffs of its entities (in the same batches). tsfresh: list entities on a worker, one task per entity shard reading
   its entities' rows. Each shard writes its own parts; the client only commits partitions
   and writes ``_costs.json``.
-- **machine ceiling** (largest DFS N): the same DFS split into two halves computed at once in
-  two plain spawned processes (no Dask, nothing written), against all of it in one of them,
-  and a pure-Python loop alone and on both cores at once. No scheduler can beat it here:
-  it shows how much of a shortfall is the machine (two busy cores each run slower).
+- **shards alone vs side by side** (largest DFS N): the cluster run's two shard tasks, timed
+  from the task stream, against the same two shards run one after the other on a 1-worker
+  LocalCluster (``shards_per_worker=2`` plans the same buckets). The difference is what two
+  busy cores cost each other on this machine; the run's wall time without it shows what
+  the scheduling and the reads leave of the target.
 - **tsfresh ClusterDaskDistributor** (reference, middle N): tsfresh's own distributor on
   the same cluster, default chunking, called from this process; results come back through
   the client and are written here.
@@ -97,7 +98,7 @@ class CandidatesResult:
     points: list[Point] = field(default_factory=list)
     prepare: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    ceiling: dict = field(default_factory=dict)  # machine_ceiling() at the largest DFS N
+    contention: dict = field(default_factory=dict)  # DFS shards side by side vs alone, largest N
 
     def top(self, family: str) -> Point:
         """The largest measurement of a family."""
@@ -129,51 +130,36 @@ def _warm(_=None) -> bool:
     return True
 
 
-def _spin(n: int = 40_000_000) -> float:
-    """Seconds of a pure-Python loop that touches no memory: how fast one core runs the interpreter."""
-    t0, x = time.perf_counter(), 0
-    for i in range(n):
-        x += i * i % 7
-    return time.perf_counter() - t0
+def _shard_seconds(client, run) -> tuple[list[float], object]:
+    """Compute seconds of each DFS shard task of `run()` (from the task stream), and its result."""
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as ts:
+        out = run()
+    secs = [ss["stop"] - ss["start"] for x in ts.data if str(x["key"]).startswith("shard_task")
+            for ss in x["startstops"] if ss["action"] == "compute"]
+    return sorted(secs), out
 
 
-def _dfs_plain(store: str, days: list[str], start: str, cfg, manifest: dict, ents: list) -> float:
-    """Seconds of ``dfs.compute_window`` over `ents` in this process (nothing written): a shard without Dask."""
-    from featurecore.candidates import dfs
+def shards_alone(store: str, days: list[str], start: str, cfg, ents: list) -> list[float]:
+    """Seconds of the 2-worker run's two DFS shards run one at a time on a warmed 1-worker cluster: the same
+    shards (``shards_per_worker=2`` plans the same buckets), each with the machine to itself."""
+    from distributed import Client
 
-    _warm()
-    t0 = time.perf_counter()
-    dfs.compute_window(store, days, start, cfg, manifest, ents)
-    return time.perf_counter() - t0
+    from featurecore.candidates import runner
+    from resources.local_cluster import start_local_cluster
 
-
-def machine_ceiling(store: str, days: list[str], start: str, cfg, manifest: dict, ents: list) -> dict:
-    """What two busy cores of this machine allow, without Dask: two plain processes (spawned, warmed).
-
-    A pure-Python loop alone and on both cores at once (the per-core slow-down when both are
-    busy), and DFS over `ents` in one process against its two halves in two processes at
-    once: the speed-up an ideal scheduler with one shard per worker could reach here.
-    """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = mp.get_context("spawn")
-    pools = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(2)]
+    cluster = start_local_cluster(n_workers=1)
     try:
-        warm = sorted(ents)[:300]
-        for f in [p.submit(_dfs_plain, store, days, start, cfg, manifest, warm) for p in pools]:
-            f.result()
-        spin_alone = pools[0].submit(_spin).result()
-        spin_both = [f.result() for f in [p.submit(_spin) for p in pools]]
-        every = pools[0].submit(_dfs_plain, store, days, start, cfg, manifest, ents).result()
-        halves = [sorted(ents)[i::2] for i in range(2)]
-        half_alone = pools[0].submit(_dfs_plain, store, days, start, cfg, manifest, halves[0]).result()
-        both = [f.result() for f in [p.submit(_dfs_plain, store, days, start, cfg, manifest, h) for p, h in zip(pools, halves)]]
+        with Client(cluster) as client:
+            client.run(_warm)
+            runner.run_dfs(client, store, days, start, cfg, shards_per_worker=2, only_entities=ents[:2000])
+            secs, rep = _shard_seconds(client, lambda: runner.run_dfs(client, store, days, start, cfg,
+                                                                       shards_per_worker=2, only_entities=ents))
+            rep.raise_errors()
+            return secs
     finally:
-        for p in pools:
-            p.shutdown()
-    return {"spin_alone": spin_alone, "spin_both": max(spin_both), "dfs_one": every, "dfs_half_alone": half_alone,
-            "dfs_halves_both": max(both), "ceiling": every / max(both)}
+        cluster.close()
 
 
 def _work_store(data, name: str) -> str:
@@ -279,22 +265,29 @@ def run(ctx) -> CandidatesResult:
     top = res.top("DFS")
     bound = top.single_s / (fixed + (top.single_s - fixed) / 2)
     res.notes.append(f"DFS fixed cost: 10 entities x {len(days)} cutoffs take {fmt_seconds(fixed)} in one process (decoding "
-                     "the window, Featuretools' work per call, writing); none of it halves on the cluster (the readers "
-                     "split a read that already uses 2 threads, every shard calls Featuretools), so with one shard per "
-                     f"worker the speed-up at {top.label} is at most "
-                     f"{top.single_s:.2f} / ({fixed:.2f} + {top.single_s - fixed:.2f} / 2) = {bound:.2f}x before any "
-                     "scheduling or two-busy-cores cost.")
+                     "the window, Featuretools' work per call, writing); every shard pays Featuretools' part again, so if "
+                     "none of it halved on the cluster, the speed-up with one shard per worker at "
+                     f"{top.label} would be at most {top.single_s:.2f} / ({fixed:.2f} + {top.single_s - fixed:.2f} / 2) "
+                     f"= {bound:.2f}x before any scheduling or two-busy-cores cost. The one-process runs read with one "
+                     "Arrow thread, like a worker (Dask's Nanny sets OMP_NUM_THREADS=1 in this process too).")
 
-    # the same split without Dask: what two busy cores allow here (the cluster's speed-up cannot exceed it)
+    # the same shards with the machine to themselves: what two busy cores cost each other here
     top_ents = sorted(order[: ns[-1]])
-    c = res.ceiling = machine_ceiling(single_store, days, start, cfg, manifest, top_ents)
-    res.notes.append(
-        f"machine ceiling (no Dask, two spawned processes): a pure-Python loop takes {fmt_seconds(c['spin_alone'])} "
-        f"alone and {fmt_seconds(c['spin_both'])} with both cores busy ({c['spin_both'] / c['spin_alone'] - 1:+.0%} per core); "
-        f"DFS at {top.label} takes {fmt_seconds(c['dfs_one'])} in one process, one half {fmt_seconds(c['dfs_half_alone'])} "
-        f"alone and {fmt_seconds(c['dfs_halves_both'])} when both halves run at once, so two plain processes reach "
-        f"{fmt_ratio(c['ceiling'])} (the cluster: {fmt_ratio(top.speedup)}).")
-    ctx.log(f"    machine ceiling for DFS (two plain processes): {fmt_ratio(c['ceiling'])}")
+    t0 = time.perf_counter()
+    both, _ = _shard_seconds(client, lambda: runner.run_dfs(client, store, days, start, cfg, only_entities=top_ents))
+    wall = time.perf_counter() - t0
+    alone = shards_alone(store, days, start, cfg, top_ents)
+    if len(both) == len(alone) == 2:
+        spared = max(both) - max(alone)
+        c = res.contention = {"both": both, "alone": alone, "wall": wall, "slowdown": sum(both) / sum(alone) - 1,
+                              "speedup_without": top.single_s / max(wall - spared, 1e-9)}
+        res.notes.append(
+            f"two busy cores: the cluster's 2 DFS shards at {top.label} take {', '.join(fmt_seconds(x) for x in both)} "
+            f"side by side and {', '.join(fmt_seconds(x) for x in alone)} one at a time on a 1-worker cluster "
+            f"({c['slowdown']:+.0%}); that run took {fmt_seconds(wall)}, ~{fmt_seconds(wall - spared)} without the slow-down: "
+            f"{fmt_ratio(c['speedup_without'])} over the one-process median (the rest: the readers before the shards, "
+            "scheduling, commits).")
+        ctx.log(f"    DFS shards side by side vs alone: {c['slowdown']:+.0%}")
 
     # ---- tsfresh
     tcfg = tsf.TsfreshConfig()
@@ -375,8 +368,9 @@ def summary_rows(r: CandidatesResult) -> list[list[str]]:
                      "yes" if p.speedup >= TARGET else "NO"])
         rows.append(["4 candidates", f"{fam} CPU-time bound on the speed-up ({what})", fmt_ratio(p.cpu_speedup), "", ""])
         rows.append(["4 candidates", f"{fam} entity rows/s, 2 workers ({what})", f"{p.n / p.cluster_s:,.1f}", "", ""])
-    if r.ceiling:
-        rows.append(["4 candidates", "DFS halves in 2 plain processes, no Dask (machine ceiling)", fmt_ratio(r.ceiling["ceiling"]), "", ""])
+    if r.contention:
+        rows.append(["4 candidates", "DFS shards side by side vs alone (two busy cores)", f"{r.contention['slowdown']:+.0%}", "", ""])
+        rows.append(["4 candidates", "DFS speed-up without that slow-down", fmt_ratio(r.contention["speedup_without"]), "", ""])
     ok = all(p.agree for p in r.points)
     rows.append(["4 candidates", "cluster output == one-process output", "yes" if ok else "NO", "yes", "yes" if ok else "NO"])
     return rows
