@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -56,6 +57,29 @@ def remove_folder(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+#: A ``.tmp-*`` or ``.old-*`` folder unchanged this long is what a killed write left (a live one takes seconds).
+LEFTOVER_SECONDS = 24 * 3600
+_swept: set[str] = set()  # asset folders this process has swept
+
+
+def sweep_leftovers(asset_dir: Path, older_than_s: float | None = None) -> int:
+    """Remove the ``.tmp-*`` (a write's temp folder) and ``.old-*`` (a replaced partition being deleted)
+    folders that a killed process left in an asset folder, once unchanged for `older_than_s`
+    (default ``LEFTOVER_SECONDS``); returns how many went. Age is the status-change time, which
+    the renames of a live ``replace_folder`` renew, so its folders are never taken."""
+    limit = LEFTOVER_SECONDS if older_than_s is None else older_than_s
+    now, gone = time.time(), 0
+    for p in [*Path(asset_dir).glob(".tmp-*"), *Path(asset_dir).glob(".old-*")]:
+        try:
+            if now - p.stat().st_ctime <= limit:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        gone += 1
+    return gone
+
+
 # Compression of the feature pipeline's intermediate state: LZ4 writes a 36k-entity window
 # aggregate (a sketch column) in ~10 ms and reads it in ~9, zstd in ~18 and ~16, for ~20% more bytes.
 INTERNAL = "lz4"
@@ -77,14 +101,21 @@ def write_partition(
     """
     target = partition_dir(store_root, asset, day)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if str(target.parent) not in _swept:  # once per asset and process: a listing, not one per write
+        _swept.add(str(target.parent))
+        sweep_leftovers(target.parent)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-    # Dictionary pages pay off for strings only: on float columns they cost 2-3x the write
-    # time, on sketch (binary) columns 2-3x the write and read time, for nothing.
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    pq.write_table(table, tmp / "part-0.parquet", compression=compression, use_dictionary=strings or False)
-    replace_folder(target, tmp)
+    try:
+        table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+        # Dictionary pages pay off for strings only: on float columns they cost 2-3x the write
+        # time, on sketch (binary) columns 2-3x the write and read time, for nothing.
+        strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        pq.write_table(table, tmp / "part-0.parquet", compression=compression, use_dictionary=strings or False)
+        replace_folder(target, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once replace_folder moved it into place
+        raise
     return {"rows": table.num_rows, "bytes": (target / "part-0.parquet").stat().st_size, "path": str(target)}
 
 

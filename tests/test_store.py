@@ -34,3 +34,37 @@ def test_replace_folder_puts_the_old_partition_back_when_the_swap_fails(tmp_path
     remove_folder(target)
     remove_folder(target)  # already gone: nothing to do
     assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_write_leaves_no_temp_folder_and_keeps_the_partition(tmp_path):
+    """A write that fails (here: a value its schema cannot hold) removes its temp folder; the old partition stays."""
+    import pyarrow as pa
+    import pytest
+
+    write_partition(pd.DataFrame({"v": [1]}), tmp_path, "t", "2026-09-01")
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+        write_partition(pd.DataFrame({"v": ["not a number"]}), tmp_path, "t", "2026-09-01",
+                        schema=pa.schema([("v", pa.int64())]))
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["date=2026-09-01"]
+    assert read_partition(tmp_path, "t", "2026-09-01")["v"].tolist() == [1]
+
+
+def test_leftovers_of_killed_writes_are_swept_once_stale(tmp_path, monkeypatch):
+    """`.tmp-*`/`.old-*` folders a killed process left go on the asset's next write in a process, once
+    stale; fresh ones (a live write's) and partitions stay."""
+    import time
+
+    from featurecore import store
+
+    asset = tmp_path / "t"
+    write_partition(pd.DataFrame({"v": [1]}), tmp_path, "t", "2026-09-01")
+    for name in (".tmp-date=2026-09-02-0badc0de", ".old-date=2026-09-01-0badc0de"):
+        (asset / name).mkdir()
+        (asset / name / "part-0.parquet").write_bytes(b"x")
+    assert store.sweep_leftovers(asset) == 0  # fresh: could be a live write
+    time.sleep(0.05)
+    monkeypatch.setattr(store, "LEFTOVER_SECONDS", 0.01)
+    monkeypatch.setattr(store, "_swept", set())
+    write_partition(pd.DataFrame({"v": [2]}), tmp_path, "t", "2026-09-03")
+    assert sorted(p.name for p in asset.iterdir()) == ["date=2026-09-01", "date=2026-09-03"]
+    assert read_partition(tmp_path, "t", "2026-09-01")["v"].tolist() == [1]

@@ -21,7 +21,7 @@ from typing import Callable
 
 import pandas as pd
 
-from ..store import remove_folder
+from ..store import remove_folder, sweep_leftovers
 from ..timeutil import to_day
 from . import dfs, encodings, interactions, tsfresh_features
 from .common import (
@@ -392,8 +392,10 @@ def _remove_tree(path: str, *_after) -> None:
 def _sweep_stale(asset_dir: Path, older_than_s: float = STALE_SECONDS) -> None:
     """Remove what runs killed outright left behind: `.trash-*` folders, and the `.staging-*` and
     `.shuffle-*` folders of runs whose `.live-<token>` marker is gone or stale, once untouched for
-    `older_than_s` (folders of runs started before markers existed have only their own age)."""
+    `older_than_s` (folders of runs started before markers existed have only their own age), and a
+    killed commit's `.old-*` (``store.sweep_leftovers``)."""
     now = time.time()
+    sweep_leftovers(asset_dir, older_than_s)
 
     def age(p: Path) -> float:
         try:
