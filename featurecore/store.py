@@ -63,15 +63,15 @@ _swept: set[str] = set()  # asset folders this process has swept
 
 
 def sweep_leftovers(asset_dir: Path, older_than_s: float | None = None) -> int:
-    """Remove the ``.tmp-*`` (a write's temp folder) and ``.old-*`` (a replaced partition being deleted)
-    folders that a killed process left in an asset folder, once unchanged for `older_than_s`
-    (default ``LEFTOVER_SECONDS``); returns how many went. Age is the status-change time, which
-    the renames of a live ``replace_folder`` renew, so its folders are never taken."""
+    """Remove what this module's writes leave in an asset folder when their process is killed; returns
+    how many folders went. ``.trash-*`` (``remove_folder``: already doomed) always; ``.tmp-*`` (a write's
+    temp folder) and ``.old-*`` (a replaced partition being deleted) once unchanged for `older_than_s`
+    (default ``LEFTOVER_SECONDS``), by status-change time, which a live ``replace_folder``'s renames renew."""
     limit = LEFTOVER_SECONDS if older_than_s is None else older_than_s
     now, gone = time.time(), 0
-    for p in [*Path(asset_dir).glob(".tmp-*"), *Path(asset_dir).glob(".old-*")]:
+    for p in [*Path(asset_dir).glob(".trash-*"), *Path(asset_dir).glob(".tmp-*"), *Path(asset_dir).glob(".old-*")]:
         try:
-            if now - p.stat().st_ctime <= limit:
+            if not p.name.startswith(".trash-") and now - p.stat().st_ctime <= limit:
                 continue
         except FileNotFoundError:
             continue

@@ -51,7 +51,7 @@ def test_a_failed_write_leaves_no_temp_folder_and_keeps_the_partition(tmp_path):
 
 def test_leftovers_of_killed_writes_are_swept_once_stale(tmp_path, monkeypatch):
     """`.tmp-*`/`.old-*` folders a killed process left go on the asset's next write in a process, once
-    stale; fresh ones (a live write's) and partitions stay."""
+    stale; fresh ones (a live write's) and partitions stay; a `.trash-*` one (already doomed) goes at once."""
     import time
 
     from featurecore import store
@@ -61,7 +61,9 @@ def test_leftovers_of_killed_writes_are_swept_once_stale(tmp_path, monkeypatch):
     for name in (".tmp-date=2026-09-02-0badc0de", ".old-date=2026-09-01-0badc0de"):
         (asset / name).mkdir()
         (asset / name / "part-0.parquet").write_bytes(b"x")
-    assert store.sweep_leftovers(asset) == 0  # fresh: could be a live write
+    (asset / ".trash-date=2026-09-04-0badc0de").mkdir()
+    assert store.sweep_leftovers(asset) == 1  # the trash; the fresh ones could be a live write's
+    assert sorted(p.name for p in asset.iterdir())[0] == ".old-date=2026-09-01-0badc0de"
     time.sleep(0.05)
     monkeypatch.setattr(store, "LEFTOVER_SECONDS", 0.01)
     monkeypatch.setattr(store, "_swept", set())

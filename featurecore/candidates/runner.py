@@ -12,7 +12,6 @@ the end with their shard's message, after the good days are committed.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -390,10 +389,10 @@ def _remove_tree(path: str, *_after) -> None:
 
 
 def _sweep_stale(asset_dir: Path, older_than_s: float = STALE_SECONDS) -> None:
-    """Remove what runs killed outright left behind: `.trash-*` folders, and the `.staging-*` and
-    `.shuffle-*` folders of runs whose `.live-<token>` marker is gone or stale, once untouched for
-    `older_than_s` (folders of runs started before markers existed have only their own age), and a
-    killed commit's `.old-*` (``store.sweep_leftovers``)."""
+    """Remove what runs killed outright left behind: the `.staging-*` and `.shuffle-*` folders of runs
+    whose `.live-<token>` marker is gone or stale, once untouched for `older_than_s` (folders of runs
+    started before markers existed have only their own age), and the store's own leftovers
+    (``store.sweep_leftovers``: `.trash-*`, a killed commit's `.old-*`)."""
     now = time.time()
     sweep_leftovers(asset_dir, older_than_s)
 
@@ -410,8 +409,6 @@ def _sweep_stale(asset_dir: Path, older_than_s: float = STALE_SECONDS) -> None:
         else:
             with contextlib.suppress(OSError):
                 m.unlink()
-    for old in asset_dir.glob(".trash-*"):
-        shutil.rmtree(old, ignore_errors=True)
     for old in [*asset_dir.glob(".shuffle-*"), *asset_dir.glob(".staging-*")]:
         token = old.name.rsplit("-", 1)[-1]
         if token not in live and age(old) > older_than_s:
