@@ -39,6 +39,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks, print their tables and a summary, save the report; 1 if any failed."""
     args = _parse(argv)
     warnings.filterwarnings("ignore")
     size = SIZES[args.size]

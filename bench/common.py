@@ -52,6 +52,7 @@ class Size:
     duckdb_all_cutoffs: bool = True
 
     def demo_config(self):
+        """The ``featurecore.demo_data.DemoConfig`` that generates this size's world."""
         from featurecore.demo_data import DemoConfig
 
         return DemoConfig(start=START, days=self.days, users=self.users, products=self.products,
@@ -86,13 +87,16 @@ class Dataset:
 
     @property
     def n_events(self) -> int:
+        """Total ingested events over all days."""
         return sum(self.events_per_day.values())
 
     @property
     def raw_glob(self) -> str:
+        """Glob matching every raw_events Parquet file of the dataset's store."""
         return str(Path(self.store_root) / "raw_events" / "*" / "*.parquet")
 
     def events_in(self, days: list[str]) -> int:
+        """Ingested events of the given days (0 for a day without data)."""
         return sum(self.events_per_day.get(d, 0) for d in days)
 
 
@@ -150,6 +154,7 @@ def fresh_work_store(data: Dataset, name: str, base: Path | None = None) -> str:
 
 
 def clear_assets(store_root: str, *assets: str) -> None:
+    """Delete the named asset folders from a store (missing ones are ignored)."""
     for a in assets:
         shutil.rmtree(Path(store_root) / a, ignore_errors=True)
 
@@ -192,6 +197,7 @@ class Cluster:
         self.fresh()
 
     def fresh(self, featuretools: bool = False):
+        """Replace the cluster with a new one, imports warmed (featuretools too if asked); return its client."""
         from distributed import Client
 
         from resources.local_cluster import start_local_cluster
@@ -204,6 +210,7 @@ class Cluster:
         return self.client
 
     def close(self) -> None:
+        """Close the client and the cluster, if any."""
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
@@ -226,6 +233,7 @@ class MemoryWindow:
 
     @property
     def delta(self) -> int:
+        """Peak above the baseline (bytes, never negative)."""
         return max(self.peak - self.baseline, 0)
 
 
@@ -271,6 +279,7 @@ class MemorySampler:
 
     @contextmanager
     def measure(self) -> Iterator[MemoryWindow]:
+        """Context manager: a MemoryWindow that tracks RSS peaks while the block runs."""
         total, largest, main = self.sample()
         w = MemoryWindow(baseline=total, peak=total, peak_worker=largest, peak_main=main)
         with self._lock:
@@ -286,6 +295,7 @@ class MemorySampler:
                 w.peak_main = max(w.peak_main, main)
 
     def close(self) -> None:
+        """Stop the sampling thread."""
         self._stop.set()
         self._thread.join(timeout=2)
 
@@ -306,6 +316,7 @@ class Measurement:
 
     @property
     def events_per_second(self) -> float | None:
+        """Events per second; None without an event count or a positive time."""
         return self.events / self.seconds if self.events and self.seconds > 0 else None
 
 
@@ -343,6 +354,7 @@ def median_run(fn, repeats: int, sampler: MemorySampler | None = None) -> tuple[
 
 
 def fmt_seconds(s: float | None) -> str:
+    """Seconds as text: ``1,234 s``, ``12.34 s`` or ``123 ms``; ``-`` for None."""
     if s is None:
         return "-"
     if s >= 100:
@@ -353,6 +365,7 @@ def fmt_seconds(s: float | None) -> str:
 
 
 def fmt_rate(r: float | None) -> str:
+    """A rate as text: ``1.23 M/s``, ``4.5 k/s`` or ``123 /s``; ``-`` for None."""
     if r is None:
         return "-"
     if r >= 1e6:
@@ -363,12 +376,14 @@ def fmt_rate(r: float | None) -> str:
 
 
 def fmt_bytes(b: int | float | None) -> str:
+    """Bytes as text in MiB; ``-`` for None."""
     if b is None:
         return "-"
     return f"{b / 2**20:,.0f} MiB"
 
 
 def fmt_ratio(x: float | None) -> str:
+    """A ratio as text: ``1.23x`` (``1,234x`` from 100 on); ``-`` for None or NaN."""
     if x is None or x != x:
         return "-"
     return f"{x:.2f}x" if x < 100 else f"{x:,.0f}x"
@@ -392,6 +407,7 @@ def table(headers: list[str], rows: list[list[Any]], title: str | None = None) -
 
 
 def measurement_row(m: Measurement) -> list[str]:
+    """A Measurement as a table row under ``MEASUREMENT_HEADERS``."""
     mem = m.memory
     return [
         m.label,
@@ -421,4 +437,5 @@ class Context:
 
     @property
     def client(self):
+        """The current cluster's client."""
         return self.cluster.client

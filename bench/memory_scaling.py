@@ -54,6 +54,7 @@ GROUP_1D = window_variant(GROUP, "1d", "bench_user_1d")
 
 @dataclass
 class ScalingRun:
+    """One timed run over ``days`` days: its events, seconds and memory."""
     days: int
     events: int
     seconds: float
@@ -62,6 +63,7 @@ class ScalingRun:
 
 @dataclass
 class MemoryScalingResult:
+    """Backfill runs, feature-only runs and per-day window costs of benchmark 2, rendered as tables."""
     size: str
     runs: list[ScalingRun]
     per_day: dict[str, dict]  # group -> {median, mean, days, tile_columns, features}
@@ -69,25 +71,31 @@ class MemoryScalingResult:
 
     @property
     def feature_peak_ratio(self) -> float:
+        """Largest-worker peak RSS of the longer feature-only run over the shorter one's."""
         return self.feature_runs[1].memory.peak_worker / self.feature_runs[0].memory.peak_worker
 
     @property
     def peak_ratio(self) -> float:
+        """Total peak RSS of the longer full backfill over the shorter one's."""
         return self.runs[1].memory.peak / self.runs[0].memory.peak
 
     @property
     def delta_ratio(self) -> float:
+        """Peak RSS above idle of the longer full backfill over the shorter one's."""
         return self.runs[1].memory.delta / max(self.runs[0].memory.delta, 1)
 
     @property
     def worker_ratio(self) -> float:
+        """Largest-worker peak RSS of the longer full backfill over the shorter one's."""
         return self.runs[1].memory.peak_worker / self.runs[0].memory.peak_worker
 
     @property
     def cost_ratio(self) -> float:
+        """Median per-day feature seconds with 30-day windows over those with 1-day windows."""
         return self.per_day[GROUP_30D.name]["median"] / self.per_day[GROUP_1D.name]["median"]
 
     def render(self) -> str:
+        """The run and per-day cost tables plus the ratios, as plain text."""
         rows = [[f"full backfill, {r.days} days", f"{r.events:,}", fmt_seconds(r.seconds),
                  fmt_seconds(r.seconds / r.days), fmt_bytes(r.memory.peak), fmt_bytes(r.memory.delta),
                  fmt_bytes(r.memory.peak_worker)] for r in self.runs]
@@ -168,6 +176,7 @@ def run(ctx) -> MemoryScalingResult:
 
 
 def summary_rows(r: MemoryScalingResult) -> list[list[str]]:
+    """Rows for the final summary table: (benchmark, figure, value, target, met)."""
     n0, n1 = r.runs[0].days, r.runs[1].days
     return [
         ["2 scaling", f"peak RSS backfill {n0} days", fmt_bytes(r.runs[0].memory.peak), "", ""],

@@ -100,6 +100,7 @@ GROUP = FeatureGroup(
 assert sorted(GROUP.feature_names()) == sorted(FEATURES), GROUP.feature_names()
 
 def cutoff_days(data: Dataset) -> list[str]:
+    """The last ``N_CUTOFFS`` days of the dataset (the cutoffs the implementations are compared at)."""
     return data.days[-N_CUTOFFS:]
 
 
@@ -273,6 +274,7 @@ FROM win w LEFT JOIN last_purchase l ON l.cutoff = w.cutoff AND l.user_id = w.us
 
 
 def duckdb_features(raw_glob: str, days: list[str], threads: int = 2) -> pd.DataFrame:
+    """Run ``duckdb_sql`` on a fresh DuckDB connection (``threads`` threads, UTC) and return the frame."""
     import duckdb
 
     con = duckdb.connect()
@@ -392,6 +394,7 @@ def featuretools_features(client, data: Dataset, days: list[str], users: list[st
 
 @dataclass
 class Agreement:
+    """What ``compare`` found: row counts, missing and extra keys, mismatches per feature."""
     name: str
     rows_ref: int
     rows_other: int
@@ -403,9 +406,11 @@ class Agreement:
 
     @property
     def ok(self) -> bool:
+        """True when the keys match and no feature value mismatches."""
         return self.missing == 0 and self.extra == 0 and not any(self.mismatches.values())
 
     def summary(self) -> str:
+        """One line: the agreement, or the differences with examples."""
         if self.ok:
             return (f"{self.name}: agree on {self.rows_other:,} rows x {len(FEATURES)} features "
                     f"(distinct count max rel. error {self.max_distinct_rel_err:.2%})")
@@ -453,6 +458,7 @@ def compare(ref: pd.DataFrame, other: pd.DataFrame, name: str, restrict_to_other
 
 @dataclass
 class WindowedResult:
+    """Measurements, agreements, breakdown and floor of benchmark 1, rendered as tables."""
     size: str
     events: int
     days: int
@@ -471,6 +477,7 @@ class WindowedResult:
 
     @property
     def agree(self) -> bool:
+        """True when every agreement check passed."""
         return all(a.ok for a in self.agreements)
 
     def ratios(self) -> list[tuple[str, float, str, bool]]:
@@ -491,6 +498,7 @@ class WindowedResult:
         return out
 
     def render(self) -> str:
+        """The result as plain-text tables, agreement lines, breakdowns and notes."""
         lines = [table(
             MEASUREMENT_HEADERS,
             [measurement_row(m) for m in (self.project_full, self.duckdb_full, self.featuretools,

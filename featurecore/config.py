@@ -48,6 +48,7 @@ class SourceConfig:
 
     @property
     def landing(self) -> Path:
+        """The landing root as a ``Path``."""
         return Path(self.landing_root)
 
 

@@ -26,6 +26,7 @@ class EventSchema(pa.DataFrameModel):
     session_id: Series[str] | None = pa.Field(nullable=True)
 
     class Config:
+        """Pandera options: extra raw columns pass through, and validation does not coerce dtypes."""
         strict = False  # extra raw columns pass through untouched
         coerce = False  # coercion happens before, so failures can be attributed per row
 
@@ -36,6 +37,7 @@ class UserSchema(pa.DataFrameModel):
     user_id: Series[str] = pa.Field(nullable=False, unique=True, str_length={"min_value": 1})
 
     class Config:
+        """Pandera options: columns beyond the contract pass through (not strict)."""
         strict = False
 
 
@@ -48,4 +50,5 @@ class ProductSchema(pa.DataFrameModel):
     price: Series[float] | None = pa.Field(nullable=True, ge=0)
 
     class Config:
+        """Pandera options: columns beyond the contract pass through (not strict)."""
         strict = False

@@ -154,6 +154,7 @@ GROUPS: dict[str, FeatureGroup] = {
 
 
 def get_group(name: str) -> FeatureGroup:
+    """The feature group called ``name``; a KeyError listing the known groups if there is none."""
     try:
         return GROUPS[name]
     except KeyError:

@@ -181,10 +181,12 @@ class Window:
 
     @classmethod
     def days(cls, n: int) -> "Window":
+        """A window of ``n`` days (``Window.days(7) == Window("7d")``)."""
         return cls(int(n))
 
     @property
     def is_all_time(self) -> bool:
+        """True for the all-time window."""
         return self.length == "all"
 
     @property
@@ -198,12 +200,14 @@ class Window:
         return self.length
 
     def describe(self) -> str:
+        """Readable span for feature descriptions, e.g. ``the 7 days before the cutoff [t-7d, t)``."""
         if self.is_all_time:
             return "all time before the cutoff (ts < t)"
         n = self.n_days
         return f"the {n} day{'s' if n > 1 else ''} before the cutoff [t-{n}d, t)"
 
     def sort_key(self) -> float:
+        """Sort key of windows: length in days, all time last (infinity)."""
         return math.inf if self.is_all_time else float(self.n_days)
 
     def __repr__(self) -> str:
@@ -290,6 +294,7 @@ def where_label(where: tuple[Condition, ...] | None) -> str:
 
 
 def where_describe(where: tuple[Condition, ...] | None) -> str:
+    """Readable form of a filter for feature descriptions, e.g. ``events with event_type == 'purchase'``."""
     if not where:
         return "all events"
     return "events with " + " and ".join(
@@ -298,6 +303,7 @@ def where_describe(where: tuple[Condition, ...] | None) -> str:
 
 
 def where_columns(where: tuple[Condition, ...] | None) -> tuple[str, ...]:
+    """Columns a filter reads, in order of first use, without duplicates."""
     return tuple(dict.fromkeys(c for c, _, _ in (where or ())))
 
 
@@ -317,6 +323,7 @@ class Stream:
     label: str
 
     def col(self, stat: str) -> str:
+        """Tile column name of one of the stream's statistics: ``<label>__<stat>``."""
         return f"{self.label}__{stat}"
 
     @property
@@ -409,6 +416,7 @@ class Aggregation:
 
     @property
     def stream_key(self) -> tuple:
+        """``(where, column)``: aggregations with the same key share one stream of tile columns."""
         return (self.where, self.column)
 
 
@@ -487,29 +495,35 @@ class Derived:
 
     @classmethod
     def ratio(cls, name: str, numerator: str, denominator: str, description: str | None = None) -> "Derived":
+        """A ``numerator / denominator`` feature called ``name`` (both names of other features of the group)."""
         return cls("ratio", name=name, numerator=numerator, denominator=denominator, description=description)
 
     @classmethod
     def recency(cls, where: Any = None, name: str | None = None, description: str | None = None) -> "Derived":
+        """Seconds from the cutoff back to the last event matching ``where``, over all time."""
         return cls("recency", name=name, where=where, description=description)
 
     @classmethod
     def frequency(cls, window: Any, where: Any = None, name: str | None = None,
                   description: str | None = None) -> "Derived":
+        """Active days / window days: the share of the days of ``window`` with an event matching ``where``."""
         return cls("frequency", name=name, where=where, window=window, description=description)
 
     @classmethod
     def ema(cls, half_life: Any, column: str | None = None, where: Any = None, mode: str = "sum",
             name: str | None = None, description: str | None = None) -> "Derived":
+        """An exponentially decayed sum, mean or rate of ``column`` (or of the event count) with ``half_life``."""
         return cls("ema", name=name, where=where, column=column, half_life=half_life, mode=mode,
                    description=description)
 
     @property
     def stream_key(self) -> tuple:
+        """``(where, column)``: the stream whose tile columns the feature reads."""
         return (self.where, self.column)
 
     @property
     def ema_stat(self) -> str:
+        """Tile statistic of the decayed sum at this half-life, e.g. ``ema_hl7d``."""
         return f"ema_hl{_duration_label(self.half_life)}"
 
 
@@ -574,12 +588,15 @@ class FeatureGroup:
 
     # -- features
     def features(self) -> tuple[FeatureDef, ...]:
+        """Every output feature, aggregations first, then derived features, in declaration order."""
         return self._plan["features"]
 
     def feature_names(self) -> list[str]:
+        """Names of the output features, in the order of ``features()``."""
         return [f.name for f in self._plan["features"]]
 
     def feature_descriptions(self) -> dict[str, str]:
+        """feature name -> description."""
         return {f.name: f.description for f in self._plan["features"]}
 
     def feature_dtypes(self) -> dict[str, str]:
@@ -604,6 +621,7 @@ class FeatureGroup:
 
     @property
     def streams(self) -> tuple[Stream, ...]:
+        """The distinct event streams (filter, column) the tiles aggregate, in tile-column order."""
         return tuple(s for s, _ in self._plan["streams"].values())
 
     def stream_stats(self) -> dict[str, tuple[Stream, tuple[str, ...]]]:
@@ -632,6 +650,7 @@ class FeatureGroup:
         return tuple(dict.fromkeys(cols))
 
     def describe(self) -> str:
+        """One line: name, version, entity, keys and description."""
         return f"{self.name} v{self.version} ({self.entity}, keys={list(self.keys)}): {self.description}"
 
 

@@ -103,6 +103,7 @@ def to_utc(ns: np.ndarray | int) -> pd.DatetimeIndex | pd.Timestamp:
 
 
 def half_life_ns(half_life: Any) -> int:
+    """A half-life (``"7d"``, ``timedelta``, ...) in integer nanoseconds."""
     return int(parse_duration(half_life).total_seconds() * 1e9)
 
 
@@ -212,6 +213,7 @@ class EMAState:
 
     @property
     def hl_ns(self) -> int:
+        """The half-life in integer nanoseconds."""
         return int(self.half_life.total_seconds() * 1e9)
 
     def _empty(self) -> pd.DataFrame:
@@ -242,9 +244,11 @@ class EMAState:
         return self._with(out)
 
     def update(self, events: pd.DataFrame) -> "EMAState":
+        """A new state with these events added (``merge(from_events(events))``)."""
         return self.merge(self.from_events(events))
 
     def merge(self, *others: "EMAState") -> "EMAState":
+        """Combined with ``others`` (same configuration): per entity, s and w decayed to the latest ref and added."""
         for o in others:
             if (o.half_life, o.keys, o.value) != (self.half_life, self.keys, self.value):
                 raise ValueError("cannot merge EMA states of different configurations")
@@ -312,6 +316,7 @@ class Welford:
         return Welford(self.value, self.keys, state)
 
     def from_events(self, events: pd.DataFrame) -> "Welford":
+        """A fresh state of these events alone (null values and null keys skipped)."""
         x = _values(events, self.value)
         codes, uniq = factorize_keys(events, self.keys)
         ok = (codes >= 0) & ~np.isnan(x)
@@ -323,9 +328,11 @@ class Welford:
         return self._with(out)
 
     def update(self, events: pd.DataFrame) -> "Welford":
+        """A new state with these events added (``merge(from_events(events))``)."""
         return self.merge(self.from_events(events))
 
     def merge(self, *others: "Welford") -> "Welford":
+        """Combined with ``others``: per entity, n, mean and M2 pooled with the parallel formula (Chan et al.)."""
         df = _concat_states([self.state] + [o.state for o in others])
         if df is None:
             return self._with(None)
@@ -379,6 +386,7 @@ class LastN:
         return df.groupby(keys, sort=False).head(self.n).reset_index(drop=True)
 
     def from_events(self, events: pd.DataFrame) -> "LastN":
+        """A fresh state of these events alone (rows with a null key, ts or item dropped)."""
         df = events[list(self.keys)].copy()
         df["ts"] = pd.to_datetime(events[self.ts], utc=True).dt.as_unit("ns")
         df["item"] = events[self.item].to_numpy()
@@ -386,9 +394,11 @@ class LastN:
         return self._with(self._top(df))
 
     def update(self, events: pd.DataFrame) -> "LastN":
+        """A new state with these events added (``merge(from_events(events))``)."""
         return self.merge(self.from_events(events))
 
     def merge(self, *others: "LastN") -> "LastN":
+        """Combined with ``others``: the ``n`` latest items per entity over all the states."""
         df = _concat_states([self.state] + [o.state for o in others])
         return self._with(None if df is None else self._top(df))
 
@@ -401,4 +411,5 @@ class LastN:
 
 
 def as_timedelta(value: Any) -> timedelta:
+    """A duration (``"7d"``, ``timedelta``, ``pd.Timedelta``) as a ``timedelta`` (``parse_duration``)."""
     return parse_duration(value)

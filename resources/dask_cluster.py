@@ -30,6 +30,7 @@ class DaskResource(dg.ConfigurableResource):
         return self.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Connect a client to the configured scheduler, or start a LocalCluster and connect to it."""
         from distributed import Client
 
         from .local_cluster import start_local_cluster
@@ -45,6 +46,7 @@ class DaskResource(dg.ConfigurableResource):
             context.log.info(f"Dask client connected to {self._client.scheduler.address}")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Close the client and any LocalCluster this resource started."""
         if self._client is not None:
             self._client.close()
         if self._cluster is not None:

@@ -53,3 +53,16 @@ def test_agreement_detects_a_wrong_count(bench_ctx):
     near = ref.copy()
     near["distinct_products_viewed_30d"] += 2
     assert wf.compare(ref, near, "hll").ok
+
+
+def test_machine_probe_builds_and_runs(tmp_path):
+    import shutil
+
+    from bench import machine_probe
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler")
+    exe = machine_probe.build(tmp_path)
+    # one alone, two at once: each prints a positive time per step (the chase walks its whole cycle)
+    for mode, size in (("alu", 0), ("stream", 1 << 20), ("chase", 1 << 20)):
+        assert all(t > 0 for t in machine_probe.timed(exe, mode, size, 1, 2))

@@ -39,6 +39,7 @@ class VectorPercentTrue(PercentTrue):
     """Featuretools' ``PercentTrue`` (same name and value), computed per column instead of per group."""
 
     def get_function(self):
+        """The name of the added SeriesGroupBy method, so pandas runs it per column in Cython."""
         return GROUPBY_METHOD
 
 
