@@ -14,9 +14,10 @@ A group is
   whether or not data landed: this also catches a source that stopped delivering.
 
 Everything is judged from file times in the landing zone and the offline store, so the
-check needs no run history and works the same for candidate assets. `fresh_until` is
-the next moment the verdict can change without new writes; Dagster's freshness sensor
-re-evaluates the check then.
+check needs no run history. It is attached to the declared groups (a candidate asset's
+cadence decides which partitions exist). `fresh_until` is the next moment the verdict can
+change without new writes; the project's ``feature_freshness_sensor`` re-evaluates the
+check then.
 """
 
 from __future__ import annotations

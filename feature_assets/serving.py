@@ -99,7 +99,7 @@ def _sets_table(results: list[dict]) -> str:
     description="Latest values of every served feature set (the defaults user_core and user_realtime, plus every "
                 "published set) in the online store, keyed by entity; SQLite inside the offline store by default, "
                 "Redis when a URL is configured. Each value row carries its cutoff, so TTL applies at read time. "
-                "A range run writes its last day only.",
+                "A range run writes its days within the served sets' largest TTL, oldest first, then its last day.",
     check_specs=[dg.AssetCheckSpec(
         SKEW_CHECK, asset="online_features", partitions_def=daily_partitions,
         description="For a sample of entities, the online lookup at the day's cutoff against the offline value at "
