@@ -5,7 +5,8 @@
 - `online_features` [daily]: writes the latest feature rows of every served feature set
   (`featurecore.served_sets`: the defaults plus every published set) into the online
   store (SQLite by default, Redis when configured), one Dask task per set. A range run
-  writes only its last day: earlier days would be superseded at once. Static sources of
+  writes its days within the served sets' largest TTL, oldest first, then its last day
+  (an entity missing from the last day keeps its latest row within the TTL). Static sources of
   a set (`users`, `users_wide` snapshots) are written for every snapshot entity with the
   day's cutoff and the training join's values at that time.
 - `online_offline_skew` check: for a sample of entities, the online lookup at the day's
@@ -110,7 +111,7 @@ def _sets_table(results: list[dict]) -> str:
 )
 def online_features(context: dg.AssetExecutionContext, dask: DaskResource, landing: LandingZone, store: OfflineStore,
                     online_store: OnlineStoreResource):
-    """Materialize the served feature sets for the run's last day, then compare online with offline."""
+    """Materialize the served feature sets for the run's days within the TTL and its last day, then compare online with offline."""
     cfg = effective_config(landing, store)
     root = cfg.store_root
     day = max(context.partition_keys)

@@ -22,7 +22,7 @@ def start_local_cluster(n_workers: int = 2, threads_per_worker: int = 1, memory_
     The scheduler, nannies and workers check their event loop's health every second instead
     of every 20 ms: each check wakes a thread that takes the GIL from the running task, and on
     two busy cores the 50 wake-ups a second per process halved the workers' context switches
-    and cut DFS runs by ~3% (a blocked loop is still reported after 3 s, ``tick.limit``).
+    and cut DFS runs by ~3% (a loop blocked for longer than ~3 s, ``tick.limit``, is still logged).
     """
     import dask
     from distributed import LocalCluster

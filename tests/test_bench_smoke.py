@@ -63,6 +63,10 @@ def test_machine_probe_builds_and_runs(tmp_path):
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler")
     exe = machine_probe.build(tmp_path)
-    # one alone, two at once: each prints a positive time per step (the chase walks its whole cycle)
+    # two at once, released together: each prints a positive time per step (the chase first checks
+    # that it is one cycle through every line, and exits non-zero otherwise)
     for mode, size in (("alu", 0), ("stream", 1 << 20), ("chase", 1 << 20)):
         assert all(t > 0 for t in machine_probe.timed(exe, mode, size, 1, 2))
+    # a probe that fails before its timed loop is an error naming it, not a number
+    with pytest.raises(RuntimeError, match="probe chase 64: exit 3"):
+        machine_probe.timed(exe, "chase", 64, 1, 1)
