@@ -202,6 +202,9 @@ def layout_of_group(group: FeatureGroup) -> FeatureLayout:
 
 # Common names of generated features: Featuretools primitives and tsfresh calculators.
 _NAME_KINDS = [
+    # the encodings' hashed bag-of-token counts (hash_<name>_NN, FeatureHasher without signs): mostly
+    # zero with a long tail; scored as signed values, 6-20% of the positive counts were "outliers"
+    (re.compile(r"^hash_\w+_\d+$"), "count"),
     (re.compile(r"^(COUNT|NUM_UNIQUE|NUM_TRUE)\(|__(length|count_above|count_below|number_peaks|number_crossing_m)"), "count"),
     (re.compile(r"^PERCENT_TRUE\(|__ratio_"), "share"),
     # other tsfresh calculators (kind__calculator) and transforms such as sub(a,b), log1p(a):

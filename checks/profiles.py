@@ -41,7 +41,7 @@ Q_COLS = [f"q{int(round(q * 100)):02d}" for q in QUANTILES]
 OUTLIER_Z = 3.5
 LOG_KINDS = {"count", "sum", "distinct", "active_days", "recency", "std", "ema", "mean", "min", "max",
              "quantile", "last"}
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3  # 3: hashed bag counts (hash_<name>_NN) are scored as counts
 
 
 def profile_asset(source: str) -> str:

@@ -383,3 +383,34 @@ def test_profiles_are_reused_until_the_partition_changes(store, dask_client):
     assert "cached" not in evaluate_day(store, src, DAY, QualitySettings(stats_days=7), START)  # other settings
     rewrite(store, PD, lambda df: df.assign(price_last_all=df["price_last_all"] * 3))
     assert evaluate_day(store, src, DAY, QualitySettings(), START).get("cached") is None
+
+
+def test_hashed_bag_counts_are_profiled_as_counts():
+    """The encodings' hash_<name>_NN columns are non-negative counts with a long tail: scored on log1p
+    among the positive values, heavy users stop being outliers, a count far beyond the rest still is."""
+    import pandas as pd
+
+    from checks.layout import kind_from_name, layout_of_frame
+    from checks.profiles import feature_rows, profile_frame
+    from featurecore.candidates.reduction import hash_bags
+
+    assert kind_from_name("hash_brand_07") == kind_from_name("hash_product_id_31") == "count"
+    assert kind_from_name("hashtag_share") != "count" and kind_from_name("hash_brand") is None
+    rng = np.random.default_rng(3)
+    users = [f"u{i:04d}" for i in range(3000)]
+    # 30 days of interactions per user: 40% active, lognormal volumes (a few heavy users), 40 brands
+    n = np.rint(rng.lognormal(2.5, 1.0, size=len(users))).astype(int) * (rng.random(len(users)) < 0.4)
+    ent = np.repeat(users, n)
+    tokens = pd.Series(rng.choice([f"b{j}" for j in range(40)], size=len(ent)))
+    bags = hash_bags(pd.Series(ent), tokens, users, 8, "hash_brand")
+    df = pd.concat([pd.DataFrame({"user_id": users}), bags], axis=1)
+    df.loc[0, "hash_brand_00"] = 1e6  # one count far beyond any other
+    layout = layout_of_frame("encoded_like", ("user_id",), df)
+    assert {f.name: (f.kind, f.lower) for f in layout.features}["hash_brand_03"] == ("count", 0.0)
+    as_counts = feature_rows(profile_frame(df, layout))["n_outlier"]
+    unknown = feature_rows(profile_frame(df, layout_of_frame("encoded_like", ("user_id",), df, guess_kinds=False)))["n_outlier"]
+    positive = (df[bags.columns] > 0).sum()
+    # as counts, a few percent of the positive values at most; as values of unknown kind, a fifth or more
+    assert (as_counts / positive).max() < 0.03
+    assert (unknown / positive)[bags.columns[1:]].min() > 0.15
+    assert as_counts["hash_brand_00"] >= 1
